@@ -1,0 +1,17 @@
+// ESM mode (run with --experimental-vm-modules, see package.json "test"):
+// our packages are ESM and p-retry@7 is ESM-only, so running jest natively in
+// ESM avoids a second module system in tests. ts-jest only transpiles
+// (isolatedModules); `tsc -b` does the type checking before jest starts.
+export default {
+  testEnvironment: 'node',
+  extensionsToTreatAsEsm: ['.ts'],
+  moduleNameMapper: {
+    '^@pool/(shared|server|client)$': '<rootDir>/packages/$1/src/index.ts',
+    '^(\\.{1,2}/.*)\\.js$': '$1',
+  },
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: '<rootDir>/tsconfig.base.json' }],
+  },
+  testMatch: ['<rootDir>/packages/*/test/**/*.test.ts', '<rootDir>/tests/**/*.test.ts'],
+  testTimeout: 30_000,
+};

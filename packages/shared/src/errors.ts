@@ -1,0 +1,145 @@
+/**
+ * Every failure the SDK reports is a `PoolError` with a stable `code`, so callers
+ * can branch on `err.code` (or `instanceof`) without parsing messages.
+ */
+export class PoolError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A get did not find a connection before its timeout. */
+export class PoolTimeoutError extends PoolError {
+  constructor(message = 'timed out waiting for a pooled connection') {
+    super('ERR_POOL_TIMEOUT', message);
+  }
+}
+
+/** The pool was closed (before or while the call waited). */
+export class PoolClosedError extends PoolError {
+  constructor(message = 'the pool is closed') {
+    super('ERR_POOL_CLOSED', message);
+  }
+}
+
+/** The caller's `AbortSignal` fired. `cause` holds the signal's reason. */
+export class PoolAbortedError extends PoolError {
+  constructor(reason?: unknown) {
+    super('ERR_POOL_ABORTED', 'the operation was aborted', { cause: reason });
+  }
+}
+
+/** The relay answered the upgrade with HTTP 503: it holds `maxCap` connections. */
+export class PoolFullError extends PoolError {
+  constructor(message = 'the relay pool is full (HTTP 503)') {
+    super('ERR_POOL_FULL', message);
+  }
+}
+
+/** The relay answered the upgrade with HTTP 403: this peer is not on its allowlist. */
+export class PoolForbiddenError extends PoolError {
+  constructor(message = 'the relay refused this client (HTTP 403)') {
+    super('ERR_POOL_FORBIDDEN', message);
+  }
+}
+
+/** The relay answered the upgrade with HTTP 401: the token is missing or wrong. */
+export class PoolUnauthorizedError extends PoolError {
+  constructor(message = 'the relay rejected the token (HTTP 401)') {
+    super('ERR_POOL_UNAUTHORIZED', message);
+  }
+}
+
+/** The relay answered the upgrade with some other non-101 status. */
+export class UpgradeRejectedError extends PoolError {
+  readonly statusCode: number;
+
+  constructor(statusCode: number) {
+    super('ERR_UPGRADE_REJECTED', `the relay refused the WebSocket upgrade (HTTP ${statusCode})`);
+    this.statusCode = statusCode;
+  }
+}
+
+/** A connection ID is not 4 bytes / 8 lowercase hex characters. */
+export class InvalidIdError extends PoolError {
+  constructor(input: unknown) {
+    super('ERR_INVALID_ID', `invalid connection ID ${describe(input)}: expected 8 lowercase hex characters or 4 bytes`);
+  }
+}
+
+/** An option or argument is out of its documented range. Thrown synchronously. */
+export class InvalidOptionError extends PoolError {
+  constructor(name: string, value: unknown, expected: string) {
+    super('ERR_INVALID_OPTION', `invalid ${name} ${describe(value)}: expected ${expected}`);
+  }
+}
+
+/** The ID frame did not arrive within the handshake timeout. */
+export class HandshakeTimeoutError extends PoolError {
+  constructor(timeoutMs: number) {
+    super('ERR_HANDSHAKE_TIMEOUT', `no connection ID within ${timeoutMs} ms`);
+  }
+}
+
+/** The first message was binary but not exactly 4 bytes long. */
+export class HandshakeBadLengthError extends PoolError {
+  readonly length: number;
+
+  constructor(length: number) {
+    super('ERR_HANDSHAKE_BAD_LENGTH', `the ID frame is ${length} bytes long, expected 4`);
+    this.length = length;
+  }
+}
+
+/** The first message was a text frame. */
+export class HandshakeTextFrameError extends PoolError {
+  constructor() {
+    super('ERR_HANDSHAKE_TEXT_FRAME', 'the ID frame is a text message, expected 4 binary bytes');
+  }
+}
+
+/** The WebSocket closed before the ID frame arrived. */
+export class HandshakeClosedError extends PoolError {
+  readonly closeCode: number;
+
+  constructor(closeCode: number) {
+    super('ERR_HANDSHAKE_CLOSED', `the connection closed (code ${closeCode}) before its ID arrived`);
+    this.closeCode = closeCode;
+  }
+}
+
+/** The peer broke the byte-stream protocol (a text message after the handshake). */
+export class ProtocolError extends PoolError {
+  constructor(message: string) {
+    super('ERR_PROTOCOL', message);
+  }
+}
+
+/** The peer closed with a code other than 1000/1001, or the socket dropped (1006). */
+export class ConnectionClosedError extends PoolError {
+  readonly closeCode: number;
+  readonly reason: string;
+
+  constructor(closeCode: number, reason: string) {
+    super('ERR_CONN_CLOSED', `the peer closed the connection abnormally (code ${closeCode}${reason ? `: ${reason}` : ''})`);
+    this.closeCode = closeCode;
+    this.reason = reason;
+  }
+}
+
+/** Keep-alive was negotiated and the peer missed a pong for a whole period. */
+export class KeepAliveTimeoutError extends PoolError {
+  constructor(keepAliveMs: number) {
+    super('ERR_KEEPALIVE_TIMEOUT', `no pong within ${keepAliveMs} ms; connection presumed dead`);
+  }
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (value instanceof Uint8Array) return `<${value.length} bytes>`;
+  return String(value);
+}

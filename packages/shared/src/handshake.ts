@@ -1,0 +1,102 @@
+import type { ClientRequest, IncomingMessage } from 'node:http';
+import WebSocket from 'ws';
+import {
+  HandshakeBadLengthError,
+  HandshakeClosedError,
+  HandshakeTextFrameError,
+  HandshakeTimeoutError,
+  PoolForbiddenError,
+  PoolFullError,
+  PoolUnauthorizedError,
+  UpgradeRejectedError,
+} from './errors.js';
+import { ID_BYTES, idToBytes, parseId } from './id.js';
+import { PoolConn, type PoolConnOptions } from './pool-conn.js';
+import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
+
+/**
+ * Server side of the handshake: sends the ID as one binary message of exactly
+ * 4 bytes (a Go npws client leaks any extra bytes into its stream), then wraps
+ * the socket. Anything written to the returned PoolConn goes out after the ID.
+ */
+export function sendId(ws: WebSocket, id: string, options?: PoolConnOptions): PoolConn {
+  ws.send(idToBytes(id), { binary: true, compress: false, fin: true });
+  return new PoolConn(ws, id, options);
+}
+
+/** The typed error for a relay's non-101 answer to the upgrade. */
+export function upgradeRejection(statusCode: number): Error {
+  switch (statusCode) {
+    case 401:
+      return new PoolUnauthorizedError();
+    case 403:
+      return new PoolForbiddenError();
+    case 503:
+      return new PoolFullError();
+    default:
+      return new UpgradeRejectedError(statusCode);
+  }
+}
+
+/**
+ * Client side of the handshake, from the upgrade to the ID: call it right after
+ * `new WebSocket(...)`, while the socket is still connecting. An ID sent with
+ * the 101 response is emitted straight after `'open'`, so listening only once
+ * `'open'` has been awaited would lose it.
+ *
+ * Waits for the first message, which must be exactly 4 binary bytes, and
+ * resolves with the wrapped connection. The PoolConn is built inside the
+ * message handler, so messages that follow the ID in the same read are kept.
+ *
+ * Rejects with `ERR_HANDSHAKE_TIMEOUT` (the whole dial, upgrade included),
+ * `ERR_HANDSHAKE_BAD_LENGTH`, `ERR_HANDSHAKE_TEXT_FRAME`, `ERR_HANDSHAKE_CLOSED`,
+ * the relay's refusal (`ERR_POOL_FORBIDDEN`, `ERR_POOL_UNAUTHORIZED`,
+ * `ERR_POOL_FULL`, `ERR_UPGRADE_REJECTED`), or the socket's own error; in every
+ * case the WebSocket is closed or terminated.
+ */
+export function receiveId(ws: WebSocket, timeoutMs: number, options?: PoolConnOptions): Promise<PoolConn> {
+  return new Promise((resolve, reject) => {
+    const settle = (outcome: PoolConn | Error): void => {
+      clearTimeout(timer);
+      ws.removeListener('message', onMessage);
+      ws.removeListener('close', onClose);
+      ws.removeListener('error', onError);
+      ws.removeListener('unexpected-response', onRefused);
+      if (outcome instanceof PoolConn) {
+        resolve(outcome);
+      } else {
+        // ws needs an 'error' listener for as long as the socket can still emit.
+        ws.on('error', () => {});
+        if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
+        reject(outcome);
+      }
+    };
+    const onMessage = (data: Buffer, isBinary: boolean): void => {
+      if (!isBinary) {
+        ws.close(CLOSE_UNSUPPORTED_DATA, 'expected a binary ID');
+        settle(new HandshakeTextFrameError());
+      } else if (data.length !== ID_BYTES) {
+        settle(new HandshakeBadLengthError(data.length));
+      } else {
+        settle(new PoolConn(ws, parseId(data), options));
+      }
+    };
+    const onClose = (code: number): void => settle(new HandshakeClosedError(code));
+    const onError = (error: Error): void => settle(error);
+    const onRefused = (_request: ClientRequest, response: IncomingMessage): void => {
+      response.resume();
+      settle(upgradeRejection(response.statusCode ?? 0));
+    };
+    const timer = setTimeout(() => settle(new HandshakeTimeoutError(timeoutMs)), timeoutMs);
+
+    if (ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED) {
+      settle(new HandshakeClosedError(1006));
+      return;
+    }
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', onMessage);
+    ws.on('close', onClose);
+    ws.on('error', onError);
+    ws.on('unexpected-response', onRefused);
+  });
+}

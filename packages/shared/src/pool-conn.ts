@@ -1,0 +1,196 @@
+import { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+import { TLSSocket, type DetailedPeerCertificate, type PeerCertificate } from 'node:tls';
+import type { CipherNameAndProtocol } from 'node:tls';
+import WebSocket from 'ws';
+import { ConnectionClosedError, ProtocolError } from './errors.js';
+import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
+
+const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
+
+/** Options for {@link PoolConn}. */
+export interface PoolConnOptions {
+  /**
+   * Bytes buffered on the readable side before the underlying socket is paused.
+   * Default: 64 KiB (Node's default for byte streams is 16 KiB; WebSocket
+   * messages arrive in larger pieces, and a larger window keeps throughput up).
+   */
+  readableHighWaterMark?: number;
+  /** Bytes buffered on the writable side before `write()` returns false. Default: 64 KiB. */
+  writableHighWaterMark?: number;
+}
+
+/** ws keeps the raw socket private; we need it for the `net.Socket`-shaped surface. */
+function rawSocketOf(ws: WebSocket): Socket {
+  return (ws as unknown as { _socket: Socket })._socket;
+}
+
+/**
+ * A pooled tunnel connection: a `net.Socket`-shaped `Duplex` over one WebSocket,
+ * whose binary messages form a single byte stream.
+ *
+ * - Backpressure runs both ways: a reader that stops reading pauses the socket;
+ *   a slow peer makes `write()` return false.
+ * - `end()` flushes, then closes with 1000. `destroy()` terminates the socket.
+ * - A peer close with 1000/1001 ends the readable side; any other code, a text
+ *   message or a socket error destroys the stream with one `'error'`.
+ * - `bytesRead` / `bytesWritten` count payload bytes, not framing.
+ *
+ * Events besides the Duplex ones: `'timeout'` (after `setTimeout`), and
+ * `'transportClose'` once the WebSocket itself has closed, which a pool uses to
+ * drop an idle connection whose stream nobody is reading.
+ */
+export class PoolConn extends Duplex {
+  /** The connection ID, 8 lowercase hex characters. */
+  readonly id: string;
+  /** The underlying WebSocket. An escape hatch: writing to it directly corrupts the stream. */
+  readonly webSocket: WebSocket;
+  /** Payload bytes received from the peer. */
+  bytesRead = 0;
+  /** Payload bytes handed to the WebSocket for sending. */
+  bytesWritten = 0;
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  readonly remoteFamily: string | undefined;
+  readonly localAddress: string | undefined;
+  readonly localPort: number | undefined;
+
+  readonly #socket: Socket;
+  #timeoutForwarded = false;
+
+  constructor(ws: WebSocket, id: string, options: PoolConnOptions = {}) {
+    super({
+      allowHalfOpen: false,
+      readableHighWaterMark: options.readableHighWaterMark ?? 64 * 1024,
+      writableHighWaterMark: options.writableHighWaterMark ?? 64 * 1024,
+    });
+    this.id = id;
+    this.webSocket = ws;
+    this.#socket = rawSocketOf(ws);
+    // Captured now: a destroyed net.Socket forgets its addresses, and users log them after close.
+    this.remoteAddress = this.#socket.remoteAddress;
+    this.remotePort = this.#socket.remotePort;
+    this.remoteFamily = this.#socket.remoteFamily;
+    this.localAddress = this.#socket.localAddress;
+    this.localPort = this.#socket.localPort;
+
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', this.#onMessage);
+    ws.on('close', this.#onClose);
+    ws.on('error', this.#onError);
+    if (ws.readyState === WebSocket.CLOSED) {
+      // Adopting an already-closed socket: its 'close' has fired and will not fire again.
+      queueMicrotask(() => this.#onClose(1006, Buffer.alloc(0)));
+    }
+  }
+
+  /** True while the WebSocket is open: the only state in which a pool may hand this out. */
+  get transportOpen(): boolean {
+    return this.webSocket.readyState === WebSocket.OPEN;
+  }
+
+  /** Whether the transport is TLS (`wss://`). */
+  get encrypted(): boolean {
+    return this.#socket instanceof TLSSocket;
+  }
+
+  getPeerCertificate(detailed: true): DetailedPeerCertificate | null;
+  getPeerCertificate(detailed?: boolean): PeerCertificate | null;
+  /** The peer's certificate, or null on a plain connection (`ws://`). */
+  getPeerCertificate(detailed?: boolean): PeerCertificate | DetailedPeerCertificate | null {
+    return this.#socket instanceof TLSSocket ? this.#socket.getPeerCertificate(detailed === true) : null;
+  }
+
+  /** The negotiated cipher, or null on a plain connection. */
+  getCipher(): CipherNameAndProtocol | null {
+    return this.#socket instanceof TLSSocket ? this.#socket.getCipher() : null;
+  }
+
+  /** The negotiated TLS version (`'TLSv1.3'`), or null on a plain connection. */
+  getProtocol(): string | null {
+    return this.#socket instanceof TLSSocket ? this.#socket.getProtocol() : null;
+  }
+
+  /**
+   * Emits `'timeout'` after `ms` of socket inactivity (0 disables), as
+   * `net.Socket#setTimeout` does; like there, nothing is closed for you.
+   */
+  setTimeout(ms: number, callback?: () => void): this {
+    if (!this.#timeoutForwarded) {
+      this.#timeoutForwarded = true;
+      this.#socket.on('timeout', () => this.emit('timeout'));
+    }
+    this.#socket.setTimeout(ms);
+    if (callback) this.once('timeout', callback);
+    return this;
+  }
+
+  setNoDelay(noDelay = true): this {
+    this.#socket.setNoDelay(noDelay);
+    return this;
+  }
+
+  setKeepAlive(enable = false, initialDelayMs = 0): this {
+    this.#socket.setKeepAlive(enable, initialDelayMs);
+    return this;
+  }
+
+  override _read(): void {
+    if (this.webSocket.isPaused) this.webSocket.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.bytesWritten += chunk.length;
+    let offset = 0;
+    while (chunk.length - offset > MAX_SEND_MESSAGE_BYTES) {
+      this.webSocket.send(chunk.subarray(offset, offset + MAX_SEND_MESSAGE_BYTES), SEND_OPTIONS);
+      offset += MAX_SEND_MESSAGE_BYTES;
+    }
+    // ws calls back once the socket has taken the bytes, so a slow peer holds the
+    // callback, our writable buffer fills, and write() returns false.
+    this.webSocket.send(offset === 0 ? chunk : chunk.subarray(offset), SEND_OPTIONS, callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    const ws = this.webSocket;
+    if (ws.readyState !== WebSocket.OPEN) {
+      callback();
+      return;
+    }
+    ws.once('close', () => callback());
+    ws.close(1000);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const ws = this.webSocket;
+    // A close handshake already under way (end(), or our 1003) is left to finish;
+    // ws terminates it itself if the peer never answers.
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
+    callback(error);
+  }
+
+  readonly #onMessage = (data: Buffer, isBinary: boolean): void => {
+    if (!isBinary) {
+      this.webSocket.close(CLOSE_UNSUPPORTED_DATA, 'binary messages only');
+      this.destroy(new ProtocolError('the peer sent a text message; only binary messages carry the stream'));
+      return;
+    }
+    this.bytesRead += data.length;
+    if (!this.push(data)) this.webSocket.pause();
+  };
+
+  readonly #onClose = (code: number, reason: Buffer): void => {
+    this.webSocket.removeListener('message', this.#onMessage);
+    this.emit('transportClose', code);
+    if (this.destroyed) return;
+    if (CLEAN_CLOSE_CODES.has(code)) {
+      this.push(null);
+    } else {
+      this.destroy(new ConnectionClosedError(code, reason.toString()));
+    }
+  };
+
+  readonly #onError = (error: Error): void => {
+    this.destroy(error);
+  };
+}

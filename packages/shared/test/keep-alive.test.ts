@@ -1,0 +1,76 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { once } from 'node:events';
+import { KeepAliveSweeper } from '@pool/shared';
+import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
+
+let pair: ConnPair | undefined;
+let sweeper: KeepAliveSweeper | undefined;
+
+afterEach(async () => {
+  sweeper?.close();
+  await pair?.close();
+  pair = sweeper = undefined;
+});
+
+describe('KeepAliveSweeper', () => {
+  it('keeps a connection whose peer answers pings', async () => {
+    pair = await connPair({ tls: false });
+    sweeper = new KeepAliveSweeper(50);
+    sweeper.track(pair.client);
+    let pings = 0;
+    pair.server.webSocket.on('ping', () => pings++);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(pings).toBeGreaterThanOrEqual(4);
+    expect(pair.client.destroyed).toBe(false);
+    expect(sweeper.size).toBe(1);
+  });
+
+  it('destroys a connection that misses a pong for a whole period, within two periods', async () => {
+    pair = await connPair({ tls: false });
+    // A peer that reads nothing answers no pings (as a Go npws idle connection).
+    (pair.server.webSocket as unknown as { _autoPong: boolean })._autoPong = false;
+    pair.server.on('error', () => {});
+    sweeper = new KeepAliveSweeper(100);
+    const started = Date.now();
+    sweeper.track(pair.client);
+    const [error] = await once(pair.client, 'error');
+    expect(error).toMatchObject({ code: 'ERR_KEEPALIVE_TIMEOUT' });
+    expect(Date.now() - started).toBeLessThan(2 * 100 + 100);
+    expect(sweeper.size).toBe(0);
+  });
+
+  it('runs one interval timer for any number of connections, stopped once emptied or closed', async () => {
+    pair = await connPair({ tls: false });
+    const realSetInterval = globalThis.setInterval;
+    const realClearInterval = globalThis.clearInterval;
+    const live = new Set<unknown>();
+    globalThis.setInterval = ((fn: () => void, ms: number) => {
+      const timer = realSetInterval(fn, ms);
+      live.add(timer);
+      return timer;
+    }) as typeof setInterval;
+    globalThis.clearInterval = ((timer: NodeJS.Timeout | undefined) => {
+      live.delete(timer);
+      realClearInterval(timer);
+    }) as typeof clearInterval;
+    try {
+      sweeper = new KeepAliveSweeper(1_000);
+      sweeper.track(pair.client);
+      sweeper.track(pair.server);
+      sweeper.track(pair.client);
+      expect(live.size).toBe(1);
+      expect(sweeper.size).toBe(2);
+      sweeper.untrack(pair.client);
+      sweeper.untrack(pair.server);
+      expect(live.size).toBe(0);
+      sweeper.track(pair.client);
+      expect(live.size).toBe(1);
+      sweeper.close();
+      expect(live.size).toBe(0);
+      expect(sweeper.size).toBe(0);
+    } finally {
+      globalThis.setInterval = realSetInterval;
+      globalThis.clearInterval = realClearInterval;
+    }
+  });
+});

@@ -1,0 +1,42 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import type { Readable, Writable } from 'node:stream';
+
+/** Reads a stream to its end, returning the SHA-256 of everything read and the byte count. */
+export async function hashStream(stream: Readable): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of stream) {
+    hash.update(chunk as Buffer);
+    bytes += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), bytes };
+}
+
+/**
+ * Writes `total` pseudo-random bytes in chunks of `chunkSize` (respecting
+ * backpressure), ends the stream, and returns the SHA-256 of what was written.
+ */
+export async function writeRandom(stream: Writable, total: number, chunkSize = 64 * 1024): Promise<string> {
+  const hash = createHash('sha256');
+  // One random block reused with a varying counter: random enough to catch
+  // reordering, cheap enough to move hundreds of MiB.
+  const block = randomBytes(chunkSize);
+  let written = 0;
+  let counter = 0;
+  while (written < total) {
+    const size = Math.min(chunkSize, total - written);
+    const chunk = Buffer.from(block.subarray(0, size));
+    if (size >= 4) chunk.writeUInt32BE(counter++ >>> 0, 0);
+    hash.update(chunk);
+    written += size;
+    if (!stream.write(chunk)) await once(stream, 'drain');
+  }
+  stream.end();
+  return hash.digest('hex');
+}
+
+/** Resolves on `'close'`. Unlike `events.once`, an `'error'` first does not reject it. */
+export function closed(emitter: NodeJS.EventEmitter): Promise<unknown[]> {
+  return new Promise((resolve) => emitter.once('close', (...args: unknown[]) => resolve(args)));
+}
