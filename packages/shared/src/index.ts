@@ -6,3 +6,4 @@ export { PoolConn, type PoolConnOptions } from './pool-conn.js';
 export { sendId, receiveId, upgradeRejection } from './handshake.js';
 export { KeepAliveSweeper } from './keep-alive.js';
 export { PendingGet, type GetOptions } from './pending-get.js';
+export { IdleConnections } from './idle-connections.js';

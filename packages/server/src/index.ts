@@ -1,0 +1,4 @@
+export { ServerPool, type ServerPoolOptions, type IncomingConnection } from './server-pool.js';
+export { parseAllowlist, normalizeAddress, type Allowlist } from './allowlist.js';
+export { tokensEqual } from './token.js';
+export * from '@pool/shared';
