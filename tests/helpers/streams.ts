@@ -36,7 +36,16 @@ export async function writeRandom(stream: Writable, total: number, chunkSize = 6
   return hash.digest('hex');
 }
 
-/** Resolves on `'close'`. Unlike `events.once`, an `'error'` first does not reject it. */
+/**
+ * Resolves with the arguments of the next `event`. Unlike `events.once`, it
+ * neither rejects on `'error'` nor subscribes to `'error'` (which would change
+ * what an emitter that reports errors only to listeners does).
+ */
+export function nextEvent(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
+  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
+}
+
+/** Resolves on `'close'`, whatever came before it. */
 export function closed(emitter: NodeJS.EventEmitter): Promise<unknown[]> {
-  return new Promise((resolve) => emitter.once('close', (...args: unknown[]) => resolve(args)));
+  return nextEvent(emitter, 'close');
 }

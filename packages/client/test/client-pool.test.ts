@@ -1,0 +1,279 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { WebSocketServer } from 'ws';
+import { ClientPool, type ClientPoolOptions, type PoolConn } from '@pool/client';
+import { ServerPool, idToBytes, type ServerPoolOptions } from '@pool/server';
+import { selfSignedCert } from '../../../tests/helpers/tls-cert.js';
+import { hashStream, nextEvent } from '../../../tests/helpers/streams.js';
+import { activeHandles, handlesAbove } from '../../../tests/helpers/handles.js';
+import { closeServer } from '../../../tests/helpers/ws-pair.js';
+
+const relays: ServerPool[] = [];
+const agents: ClientPool[] = [];
+const leased: PoolConn[] = [];
+
+async function startRelay(options: ServerPoolOptions = {}): Promise<{ relay: ServerPool; port: number }> {
+  const relay = new ServerPool({ host: '127.0.0.1', ...options });
+  relays.push(relay);
+  await relay.ServerManager();
+  return { relay, port: relay.address()!.port };
+}
+
+function startAgent(options: ClientPoolOptions): ClientPool {
+  const agent = new ClientPool({ minInterval: 50, maxInterval: 500, ...options });
+  agents.push(agent);
+  agent.ClientManager();
+  return agent;
+}
+
+/** Waits (bounded, 5 s) until `condition` holds. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !condition(); i++) await sleep(10);
+  if (!condition()) throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Claims both ends of one pooled connection, as the relay and agent of a tunnel would. */
+async function claimPair(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: PoolConn; agentEnd: PoolConn }> {
+  const { id, conn: relayEnd } = await relay.IncomingGet(5_000);
+  const agentEnd = await agent.OutgoingGet(id, 5_000);
+  for (const end of [relayEnd, agentEnd]) {
+    end.on('error', () => {});
+    leased.push(end);
+  }
+  return { relayEnd, agentEnd };
+}
+
+afterEach(async () => {
+  for (const conn of leased.splice(0)) conn.destroy();
+  await Promise.all(agents.splice(0).map((agent) => agent.Close()));
+  await Promise.all(relays.splice(0).map((relay) => relay.Close()));
+});
+
+describe.each([
+  ['plain ws', false],
+  ['TLS (self-signed, insecure mode)', true],
+])('ClientPool over %s', (_label, tls) => {
+  async function pair(): Promise<{ relay: ServerPool; agent: ClientPool }> {
+    const { relay, port } = await startRelay(tls ? { tls: await selfSignedCert() } : {});
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: tls ? 'insecure' : 'off', minCap: 3, maxCap: 3 });
+    return { relay, agent };
+  }
+
+  it('fills the pool to minCap', async () => {
+    const { relay, agent } = await pair();
+    await until(() => agent.Active() === 3, 'three idle connections');
+    expect(relay.Active()).toBe(3);
+    expect(agent.Capacity()).toBe(3);
+    expect(agent.Ready()).toBe(true);
+  });
+
+  it('IncomingGet + OutgoingGet(id) yield the two ends of one connection: small and large, both ways', async () => {
+    const { relay, agent } = await pair();
+    const { relayEnd, agentEnd } = await claimPair(relay, agent);
+    expect(agentEnd.id).toBe(relayEnd.id);
+    expect(agentEnd.encrypted).toBe(tls);
+
+    relayEnd.write('hi');
+    const [small] = (await once(agentEnd, 'data')) as [Buffer];
+    expect(small.toString()).toBe('hi');
+
+    const up = randomBytes(8 * 1024 * 1024);
+    const down = randomBytes(3 * 1024 * 1024 + 7);
+    const sha = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+    const [atRelay, atAgent] = await Promise.all([hashStream(relayEnd), hashStream(agentEnd), agentEnd.end(up), relayEnd.write(down)]);
+    expect(atRelay).toEqual({ sha256: sha(up), bytes: up.length });
+    // The relay's writes before the agent's end-of-stream all arrived.
+    expect(atAgent).toEqual({ sha256: sha(down), bytes: down.length });
+  });
+});
+
+describe('ClientPool: OutgoingGet', () => {
+  it('resolves a get issued before its ID reached the agent, the moment it arrives', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 1 });
+    // 'connection' fires as the relay sends the ID: the agent cannot have read it yet.
+    const [id] = (await nextEvent(relay, 'connection')) as [string];
+    expect(agent.Active()).toBe(0);
+    const conn = await agent.OutgoingGet(id, 5_000);
+    leased.push(conn);
+    expect(conn.id).toBe(id);
+    expect(agent.Active()).toBe(0);
+  });
+
+  it('keeps bytes the relay sent before the agent claimed the connection', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 1 });
+    const { id, conn } = await relay.IncomingGet(5_000);
+    conn.on('error', () => {});
+    leased.push(conn);
+    conn.write('sent before the claim');
+    await sleep(100);
+    const claimed = await agent.OutgoingGet(id, 5_000);
+    leased.push(claimed);
+    const [data] = (await once(claimed, 'data')) as [Buffer];
+    expect(data.toString()).toBe('sent before the claim');
+  });
+
+  it.each(['A1B2C3D4', 'a1b2c3', '', 'zzzzzzzz'])('rejects the malformed ID %p at once with ERR_INVALID_ID', async (id) => {
+    const agent = new ClientPool({ server: '127.0.0.1:1', tls: 'off' });
+    agents.push(agent);
+    await expect(agent.OutgoingGet(id, 10_000)).rejects.toMatchObject({ code: 'ERR_INVALID_ID' });
+  });
+
+  it('rejects with ERR_POOL_TIMEOUT, ERR_POOL_ABORTED and, on Close(), ERR_POOL_CLOSED', async () => {
+    const agent = new ClientPool({ server: '127.0.0.1:1', tls: 'off' });
+    agents.push(agent);
+    await expect(agent.OutgoingGet('0badc0de', 50)).rejects.toMatchObject({ code: 'ERR_POOL_TIMEOUT' });
+    const controller = new AbortController();
+    const aborted = agent.OutgoingGet('0badc0de', 10_000, { signal: controller.signal });
+    controller.abort();
+    await expect(aborted).rejects.toMatchObject({ code: 'ERR_POOL_ABORTED' });
+    const waiting = [agent.OutgoingGet('0badc0de', 10_000), agent.OutgoingGet('0badc0df', 10_000)];
+    await agent.Close();
+    for (const get of waiting) await expect(get).rejects.toMatchObject({ code: 'ERR_POOL_CLOSED' });
+    await expect(agent.OutgoingGet('0badc0de', 10)).rejects.toMatchObject({ code: 'ERR_POOL_CLOSED' });
+  });
+});
+
+describe('ClientPool: TLS modes', () => {
+  it('verified mode refuses a self-signed relay; insecure mode and a pinned CA accept it', async () => {
+    const cert = await selfSignedCert();
+    const { relay, port } = await startRelay({ tls: cert });
+    const verified = startAgent({ server: `127.0.0.1:${port}`, minCap: 1, maxCap: 1 });
+    const errors: Error[] = [];
+    verified.on('error', (error: Error) => errors.push(error));
+    await until(() => errors.length > 0, 'a refused dial');
+    expect((errors[0] as NodeJS.ErrnoException).code).toBe('DEPTH_ZERO_SELF_SIGNED_CERT');
+    expect(verified.Active()).toBe(0);
+    expect(verified.ErrorCount()).toBeGreaterThan(0);
+
+    const insecure = startAgent({ server: `127.0.0.1:${port}`, tls: '1', minCap: 1, maxCap: 1 });
+    const pinned = startAgent({ server: `localhost:${port}`, tls: { ca: cert.cert }, minCap: 1, maxCap: 1 });
+    await until(() => insecure.Active() === 1 && pinned.Active() === 1, 'insecure and pinned agents to connect');
+    expect(relay.Active()).toBe(2);
+    expect(verified.Active()).toBe(0);
+  });
+});
+
+describe('ClientPool: manager', () => {
+  it('grows capacity while dials succeed and shrinks it while they fail', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 2, maxCap: 6 });
+    // Sustained demand: take connections as they come.
+    for (let i = 0; i < 6; i++) await claimPair(relay, agent);
+    await until(() => agent.Capacity() === 6, 'capacity to reach maxCap');
+    await relay.Close();
+    await until(() => agent.Capacity() === 2, 'capacity to fall back to minCap');
+  });
+
+  it('backs off while the relay is down, bounds its dials, and refills by itself when it returns', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 4, maxCap: 4, maxInterval: 800 });
+    await until(() => agent.Active() === 4, 'the pool to fill');
+    await relay.Close();
+    await until(() => agent.Active() === 0, 'the relay to close the idle connections');
+    const before = agent.stats().dials;
+    const outageMs = 3_000;
+    await sleep(outageMs);
+    const dialsDuringOutage = agent.stats().dials - before;
+    expect(agent.Interval()).toBe(800);
+    // npws shrinks to minInterval (50 ms here) and redials all 4 each round: ~240 dials.
+    // One probe per round with 2 retries, on a doubling interval: a handful.
+    expect(dialsDuringOutage).toBeGreaterThan(0);
+    expect(dialsDuringOutage).toBeLessThanOrEqual(20);
+
+    const back = new ServerPool({ host: '127.0.0.1', port });
+    relays.push(back);
+    await back.ServerManager();
+    const restarted = Date.now();
+    await until(() => agent.Active() === 4, 'the pool to refill');
+    expect(Date.now() - restarted).toBeLessThan(800 + 2_000);
+  });
+
+  it('Flush() closes idle connections and the manager refills them', async () => {
+    const { port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 2, maxCap: 2 });
+    await until(() => agent.Active() === 2, 'the pool to fill');
+    const connected: string[] = [];
+    agent.on('connection', (id: string) => connected.push(id));
+    await agent.Flush();
+    await until(() => agent.Active() === 2, 'the pool to refill');
+    expect(connected.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('Close() closes idle connections, keeps handed-out ones, and leaves no handle', async () => {
+    await sleep(100);
+    const baseline = activeHandles();
+    const { relay, port } = await startRelay({ keepAlive: 50 });
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 3, maxCap: 3, keepAlive: 50 });
+    await until(() => agent.Active() === 3, 'the pool to fill');
+    const { relayEnd, agentEnd } = await claimPair(relay, agent);
+    await Promise.all([agent.Close(), agent.Close()]);
+    expect(agent.Ready()).toBe(false);
+    expect(agent.Active()).toBe(0);
+    agentEnd.write('after close');
+    const [data] = (await once(relayEnd, 'data')) as [Buffer];
+    expect(data.toString()).toBe('after close');
+    relayEnd.destroy();
+    agentEnd.destroy();
+    await relay.Close();
+    expect(await handlesAbove(baseline)).toEqual([]);
+  });
+});
+
+describe('ClientPool: keep-alive (DESIGN.md item 6)', () => {
+  /** A relay that sends IDs like ours but never answers pings; optionally confirms keep-alive anyway. */
+  async function silentRelay(confirm: boolean): Promise<{ port: number; close(): Promise<void> }> {
+    const server = createServer(await selfSignedCert());
+    const wss = new WebSocketServer({ server, autoPong: false, perMessageDeflate: false });
+    if (confirm) wss.on('headers', (headers) => headers.push('x-pool-keepalive: pong'));
+    let next = 1;
+    wss.on('connection', (ws) => {
+      ws.on('error', () => {});
+      ws.send(idToBytes((next++).toString(16).padStart(8, '0')));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return {
+      port: (server.address() as AddressInfo).port,
+      async close() {
+        // Upgraded sockets are invisible to closeAllConnections(): end them ourselves.
+        for (const ws of wss.clients) ws.terminate();
+        await closeServer(server);
+      },
+    };
+  }
+
+  it('destroys idle connections that miss pongs when the relay confirmed keep-alive', async () => {
+    const relay = await silentRelay(true);
+    try {
+      const agent = startAgent({ server: `127.0.0.1:${relay.port}`, tls: 'insecure', minCap: 1, maxCap: 1, keepAlive: 100 });
+      const [first] = (await nextEvent(agent, 'connection')) as [string];
+      await until(() => agent.Active() === 1, 'the first connection to idle');
+      // Within two periods (plus a refill) the silent connection is replaced.
+      const [second] = (await nextEvent(agent, 'connection')) as [string];
+      expect(second).not.toBe(first);
+      expect(agent.ErrorCount()).toBeGreaterThan(0);
+    } finally {
+      await relay.close();
+    }
+  });
+
+  it('keeps idle connections to a relay that did not confirm keep-alive (a Go npws relay)', async () => {
+    const relay = await silentRelay(false);
+    try {
+      const agent = startAgent({ server: `127.0.0.1:${relay.port}`, tls: 'insecure', minCap: 1, maxCap: 1, keepAlive: 100 });
+      const [first] = (await nextEvent(agent, 'connection')) as [string];
+      await sleep(500);
+      expect(agent.Active()).toBe(1);
+      const conn = await agent.OutgoingGet(first, 100);
+      leased.push(conn);
+      expect(conn.transportOpen).toBe(true);
+    } finally {
+      await relay.close();
+    }
+  });
+});
