@@ -140,15 +140,30 @@ export class PoolConn extends Duplex {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.bytesWritten += chunk.length;
-    let offset = 0;
-    while (chunk.length - offset > MAX_SEND_MESSAGE_BYTES) {
-      this.webSocket.send(chunk.subarray(offset, offset + MAX_SEND_MESSAGE_BYTES), SEND_OPTIONS);
-      offset += MAX_SEND_MESSAGE_BYTES;
-    }
-    // ws calls back once the socket has taken the bytes, so a slow peer holds the
-    // callback, our writable buffer fills, and write() returns false.
-    this.webSocket.send(offset === 0 ? chunk : chunk.subarray(offset), SEND_OPTIONS, callback);
+    this.#send([chunk], callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    this.#send(chunks.map(({ chunk }) => chunk), callback);
+  }
+
+  /**
+   * Sends the chunks as binary messages (each at most MAX_SEND_MESSAGE_BYTES)
+   * and calls back once the socket has taken the last one: a slow peer holds the
+   * callback, our writable buffer fills, and write() returns false.
+   */
+  #send(chunks: Buffer[], callback: (error?: Error | null) => void): void {
+    const last = chunks.length - 1;
+    chunks.forEach((chunk, index) => {
+      this.bytesWritten += chunk.length;
+      let offset = 0;
+      while (chunk.length - offset > MAX_SEND_MESSAGE_BYTES) {
+        this.webSocket.send(chunk.subarray(offset, offset + MAX_SEND_MESSAGE_BYTES), SEND_OPTIONS);
+        offset += MAX_SEND_MESSAGE_BYTES;
+      }
+      const rest = offset === 0 ? chunk : chunk.subarray(offset);
+      this.webSocket.send(rest, SEND_OPTIONS, index === last ? callback : undefined);
+    });
   }
 
   override _final(callback: (error?: Error | null) => void): void {
