@@ -2,3 +2,4 @@ export { ServerPool, type ServerPoolOptions, type IncomingConnection } from './s
 export { parseAllowlist, normalizeAddress, type Allowlist } from './allowlist.js';
 export { tokensEqual } from './token.js';
 export * from '@pool/shared';
+export { Relay, type RelayOptions, type RelayStats } from './relay.js';

@@ -12,7 +12,6 @@ import {
   KEEPALIVE_VALUE,
   PendingGet,
   PoolClosedError,
-  TOKEN_HEADER,
   checkInt,
   checkMs,
   generateId,
@@ -20,8 +19,8 @@ import {
   type GetOptions,
   type PoolConn,
 } from '@pool/shared';
+import { listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
-import { tokensEqual } from './token.js';
 
 /** Options for {@link ServerPool}. */
 export interface ServerPoolOptions {
@@ -71,35 +70,6 @@ export interface IncomingConnection {
 }
 
 type State = 'idle' | 'listening' | 'closed';
-
-const STATUS_TEXT: Record<number, string> = {
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  404: 'Not Found',
-  426: 'Upgrade Required',
-  503: 'Service Unavailable',
-};
-
-/**
- * Writes a plain HTTP answer on a raw socket (an upgrade we refuse, so no
- * WebSocket is ever created) and closes it once written. The bodies match npws.
- */
-function refuseUpgrade(socket: Duplex, status: number, body: string): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-    () => socket.destroy(),
-  );
-}
-
-function pathOf(url: string | undefined): string {
-  const end = url?.search(/[?#]/) ?? -1;
-  return url === undefined ? '' : end === -1 ? url : url.slice(0, end);
-}
 
 /**
  * The relay's pool: accepts WebSocket upgrades from agents, gives each a fresh
@@ -169,13 +139,7 @@ export class ServerPool extends EventEmitter {
     if (this.#ownsServer) {
       this.#server.on('request', this.#onPlainRequest);
       this.#server.on('error', this.#reportError);
-      await new Promise<void>((resolve, reject) => {
-        this.#server.once('error', reject);
-        this.#server.listen(this.#listen.port, this.#listen.host, () => {
-          this.#server.removeListener('error', reject);
-          resolve();
-        });
-      });
+      await listen(this.#server, this.#listen.port, this.#listen.host);
     }
     // Close() may have run while we were waiting to listen.
     if (this.#closing === undefined) this.#state = 'listening';
@@ -273,10 +237,8 @@ export class ServerPool extends EventEmitter {
       if (this.#server.listenerCount('upgrade') === 1) refuseUpgrade(socket, 404, 'not found');
       return;
     }
-    if (!this.#allowlist.allows(request.socket.remoteAddress)) return refuseUpgrade(socket, 403, 'unauthorized');
-    if (this.#token !== undefined && !tokensEqual(this.#token, request.headers[TOKEN_HEADER])) {
-      return refuseUpgrade(socket, 401, 'unauthorized');
-    }
+    const refusal = refusalFor(request, this.#allowlist, this.#token);
+    if (refusal) return refuseUpgrade(socket, refusal, 'unauthorized');
     if (this.#state !== 'listening' || this.#idle.size + this.#upgrading.size >= this.#maxCap) {
       return refuseUpgrade(socket, 503, 'pool full');
     }

@@ -7,3 +7,6 @@ export { sendId, receiveId, upgradeRejection } from './handshake.js';
 export { KeepAliveSweeper } from './keep-alive.js';
 export { PendingGet, type GetOptions } from './pending-get.js';
 export { IdleConnections } from './idle-connections.js';
+export * from './control.js';
+export { splice } from './splice.js';
+export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, type FlagSpec, type FlagValues } from './cli.js';

@@ -1,0 +1,224 @@
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { ClientRequestArgs } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import WebSocket from 'ws';
+import {
+  AGENT_ID_HEADER,
+  CLOSE_TARGET_UNREACHABLE,
+  CONTROL_MAX_BYTES,
+  CONTROL_PATH,
+  InvalidOptionError,
+  TOKEN_HEADER,
+  checkMs,
+  decodeControl,
+  splice,
+  type PoolConn,
+} from '@pool/shared';
+import { ClientPool, type ClientPoolOptions } from './client-pool.js';
+import { resolveRelayTarget } from './server-address.js';
+
+/** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
+export interface AgentOptions extends ClientPoolOptions {
+  /** The local service each tunnel connects to, `host:port` (`[v6]:port` for IPv6). Required. */
+  target: string;
+  /** How long to wait for a pooled connection the relay named, in ms. Default: 5000. */
+  claimTimeout?: number;
+  /** How long to wait for the target to accept a connection, in ms. Default: 5000. */
+  targetTimeout?: number;
+}
+
+/** Counters since start; cheap to read. */
+export interface AgentStats {
+  /** Connect orders received from the relay. */
+  orders: number;
+  /** Tunnels open right now. */
+  open: number;
+  /** Tunnels that ended. */
+  finished: number;
+  /** Orders whose pooled connection could not be claimed in time. */
+  claimFailures: number;
+  /** Orders whose target refused or timed out. */
+  targetFailures: number;
+  /** Times the control channel connected. */
+  controlConnects: number;
+  idle: number;
+  capacity: number;
+  interval: number;
+}
+
+/** Splits `host:port` / `[v6]:port`; throws `InvalidOptionError` otherwise. */
+export function parseHostPort(name: string, value: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (!match || port < 1 || port > 65_535) throw new InvalidOptionError(name, value, 'host:port');
+  return { host: (match[1] ?? match[2])!, port };
+}
+
+const CONTROL_RETRY_MIN_MS = 200;
+
+/**
+ * The private half of a NodePass-style tunnel: a {@link ClientPool} of
+ * connections to the relay, and a control channel on which the relay names
+ * the pooled connection to use for each user. Each one is claimed with
+ * `OutgoingGet`, connected to `target`, and spliced to it.
+ *
+ * The control channel reconnects by itself with jittered exponential back-off
+ * (200 ms up to `maxInterval`) and is kept alive with pings.
+ *
+ * Events: `'control'` (connected: boolean); `'tunnel'` ({ error }) when one
+ * ends; `'error'` for failures outside any call (emitted only when listened to).
+ */
+export class Agent extends EventEmitter {
+  readonly pool: ClientPool;
+  /** This process's identity towards the relay: a restart is a new agent, a reconnect is not. */
+  readonly agentId = randomUUID();
+  readonly #target: { host: string; port: number };
+  readonly #controlUrl: string;
+  readonly #controlOptions: WebSocket.ClientOptions | ClientRequestArgs;
+  readonly #claimTimeoutMs: number;
+  readonly #targetTimeoutMs: number;
+  readonly #keepAliveMs: number;
+  readonly #maxRetryMs: number;
+  readonly #tunnels = new Set<PoolConn>();
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, controlConnects: 0 };
+  #control: WebSocket | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #pingTimer: NodeJS.Timeout | undefined;
+  #retryDelayMs = CONTROL_RETRY_MIN_MS;
+  #closed = false;
+
+  constructor(options: AgentOptions) {
+    super();
+    this.#target = parseHostPort('target', options.target);
+    this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 5_000);
+    this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
+    this.pool = new ClientPool(options);
+    this.pool.on('error', this.#reportError);
+    this.#keepAliveMs = options.keepAlive ?? 30_000;
+    this.#maxRetryMs = Math.max(CONTROL_RETRY_MIN_MS, options.maxInterval ?? 5_000);
+    const relay = resolveRelayTarget(options.server, options.tls);
+    this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
+    const headers: Record<string, string> = { [AGENT_ID_HEADER]: this.agentId };
+    if (options.token !== undefined) headers[TOKEN_HEADER] = options.token;
+    this.#controlOptions = { perMessageDeflate: false, maxPayload: CONTROL_MAX_BYTES, headers, handshakeTimeout: 10_000, ...relay.tls };
+  }
+
+  /** Starts the pool and the control channel; returns at once. */
+  start(): void {
+    if (this.#closed || this.#control) return;
+    this.#connectControl();
+    this.pool.ClientManager();
+  }
+
+  stats(): AgentStats {
+    return {
+      ...this.#stats,
+      open: this.#tunnels.size,
+      idle: this.pool.Active(),
+      capacity: this.pool.Capacity(),
+      interval: this.pool.Interval(),
+    };
+  }
+
+  /** Closes the control channel, the pool and every open tunnel; clears every timer. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#retryTimer);
+    clearInterval(this.#pingTimer);
+    this.#control?.terminate();
+    for (const conn of this.#tunnels) conn.destroy();
+    await this.pool.Close();
+  }
+
+  #connectControl(): void {
+    const ws = new WebSocket(this.#controlUrl, this.#controlOptions);
+    this.#control = ws;
+    let alive = true;
+    ws.on('error', this.#reportError);
+    ws.on('open', () => {
+      this.#stats.controlConnects++;
+      this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
+      this.emit('control', true);
+      if (this.#keepAliveMs > 0) {
+        this.#pingTimer = setInterval(() => {
+          if (!alive) return ws.terminate();
+          alive = false;
+          ws.ping();
+        }, this.#keepAliveMs);
+      }
+    });
+    ws.on('pong', () => {
+      alive = true;
+    });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      try {
+        if (isBinary) throw new Error('binary control message');
+        const message = decodeControl(data.toString());
+        void this.#serve(message.id);
+      } catch (error) {
+        this.#reportError(error as Error);
+      }
+    });
+    ws.once('close', () => {
+      clearInterval(this.#pingTimer);
+      if (this.#control === ws) this.#control = undefined;
+      this.emit('control', false);
+      if (this.#closed) return;
+      // Full jitter: a fleet of agents that lost one relay does not return in lockstep.
+      const delay = Math.round(this.#retryDelayMs * (0.5 + Math.random() / 2));
+      this.#retryDelayMs = Math.min(this.#maxRetryMs, this.#retryDelayMs * 2);
+      this.#retryTimer = setTimeout(() => this.#connectControl(), delay);
+    });
+  }
+
+  async #serve(id: string): Promise<void> {
+    this.#stats.orders++;
+    let conn: PoolConn;
+    try {
+      conn = await this.pool.OutgoingGet(id, this.#claimTimeoutMs);
+    } catch (error) {
+      this.#stats.claimFailures++;
+      this.#reportError(error as Error);
+      return;
+    }
+    conn.on('error', () => {});
+    this.#tunnels.add(conn);
+    try {
+      const target = await this.#dialTarget();
+      const { error } = await splice(conn, target);
+      this.emit('tunnel', { error });
+    } catch (error) {
+      this.#stats.targetFailures++;
+      // A distinct close code lets the relay drop its user at once.
+      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
+      conn.destroy();
+      this.emit('tunnel', { error });
+    } finally {
+      this.#tunnels.delete(conn);
+      this.#stats.finished++;
+    }
+  }
+
+  #dialTarget(): Promise<Socket> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs });
+      const fail = (error: Error): void => {
+        socket.destroy();
+        reject(error);
+      };
+      socket.once('error', fail);
+      socket.once('timeout', () => fail(new Error(`target ${this.#target.host}:${this.#target.port} did not accept within ${this.#targetTimeoutMs} ms`)));
+      socket.once('connect', () => {
+        socket.removeListener('error', fail);
+        socket.setTimeout(0);
+        resolve(socket);
+      });
+    });
+  }
+
+  readonly #reportError = (error: Error): void => {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  };
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { Agent } from '../agent.js';
+import type { TlsMode } from '../server-address.js';
+
+const COMMAND = 'pool-agent';
+
+function main(): void {
+  const flags = parseCommandLine(
+    COMMAND,
+    'The private half of a tunnel: keeps pooled connections to the relay at --server and connects each\ntunnel the relay opens to --target.',
+    {
+      server: { type: 'string', description: 'the relay, host:port or ws(s)://host:port (required)' },
+      target: { type: 'string', description: 'the local service, host:port (required)' },
+      tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off', default: 'verified' },
+      'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
+      token: { type: 'string', description: 'shared secret the relay expects' },
+      'min-cap': { type: 'string', description: 'pool capacity floor', default: '4' },
+      'max-cap': { type: 'string', description: 'pool capacity ceiling', default: '64' },
+      'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100' },
+      'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000' },
+      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
+      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
+    },
+  );
+  if (!flags) return;
+  if (!flags.server || !flags.target) throw new Error('--server and --target are required (see --help)');
+  const tls: TlsMode = flags['tls-ca'] ? { ca: readFileSync(String(flags['tls-ca'])) } : (String(flags.tls) as TlsMode);
+  const agent = new Agent({
+    server: String(flags.server),
+    target: String(flags.target),
+    tls,
+    token: flags.token === undefined ? undefined : String(flags.token),
+    minCap: numberFlag(flags, 'min-cap'),
+    maxCap: numberFlag(flags, 'max-cap'),
+    minInterval: numberFlag(flags, 'min-interval'),
+    maxInterval: numberFlag(flags, 'max-interval'),
+    keepAlive: numberFlag(flags, 'keep-alive'),
+  });
+  agent.on('error', () => {});
+  agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
+  agent.start();
+  process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}\n`);
+  runUntilSignal(
+    COMMAND,
+    () => agent.close(),
+    () => {
+      const s = agent.stats();
+      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.pool.ErrorCount()}`;
+    },
+    numberFlag(flags, 'status-interval'),
+  );
+}
+
+try {
+  main();
+} catch (error) {
+  process.stderr.write(`${COMMAND}: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(2);
+}

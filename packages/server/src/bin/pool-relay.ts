@@ -1,0 +1,70 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { generateDevCertificate } from '../dev-cert.js';
+import { Relay } from '../relay.js';
+
+const COMMAND = 'pool-relay';
+
+async function main(): Promise<void> {
+  const flags = parseCommandLine(
+    COMMAND,
+    'The public half of a tunnel: agents keep pooled connections to --port; users connect to --public-port\nand are tunnelled to the agent\'s target.',
+    {
+      host: { type: 'string', description: 'interface for agents (pool + control)', default: '::' },
+      port: { type: 'string', description: 'port for agents', default: '10101' },
+      'public-host': { type: 'string', description: 'interface for users', default: '::' },
+      'public-port': { type: 'string', description: 'port for users', default: '10080' },
+      'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
+      'tls-key': { type: 'string', description: 'PEM private key file' },
+      plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
+      allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
+      token: { type: 'string', description: 'shared secret agents must present' },
+      'max-cap': { type: 'string', description: 'most idle pooled connections', default: '100' },
+      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
+      'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000' },
+      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
+    },
+  );
+  if (!flags) return;
+  let tls: { cert: string | Buffer; key: string | Buffer } | undefined;
+  if (flags['tls-cert'] || flags['tls-key']) {
+    if (!flags['tls-cert'] || !flags['tls-key']) throw new Error('--tls-cert and --tls-key go together');
+    tls = { cert: readFileSync(String(flags['tls-cert'])), key: readFileSync(String(flags['tls-key'])) };
+  } else if (!flags.plain) {
+    const dev = await generateDevCertificate();
+    tls = dev;
+    process.stdout.write(`${COMMAND} using a generated self-signed certificate (sha256 ${dev.fingerprint}); agents need --tls insecure\n`);
+  }
+  const relay = new Relay({
+    host: String(flags.host),
+    port: numberFlag(flags, 'port'),
+    publicHost: String(flags['public-host']),
+    publicPort: numberFlag(flags, 'public-port'),
+    tls,
+    allow: flags.allow ? String(flags.allow).split(',') : undefined,
+    token: flags.token === undefined ? undefined : String(flags.token),
+    maxCap: numberFlag(flags, 'max-cap'),
+    keepAlive: numberFlag(flags, 'keep-alive'),
+    getTimeout: numberFlag(flags, 'get-timeout'),
+  });
+  relay.on('error', () => relay.pool.AddError());
+  relay.on('agent', (up: boolean) => process.stdout.write(`${COMMAND} agent ${up ? 'connected' : 'disconnected'}\n`));
+  await relay.start();
+  const { port, publicPort } = relay.address();
+  process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} tls=${tls ? 'on' : 'off'}\n`);
+  runUntilSignal(
+    COMMAND,
+    () => relay.close(),
+    () => {
+      const s = relay.stats();
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} errors=${relay.pool.ErrorCount()}`;
+    },
+    numberFlag(flags, 'status-interval'),
+  );
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`${COMMAND}: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(2);
+});

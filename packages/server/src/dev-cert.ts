@@ -1,0 +1,19 @@
+import { generate } from 'selfsigned';
+
+/**
+ * A throw-away self-signed certificate (EC P-256, SHA-256) for development:
+ * agents must use `tls: 'insecure'` or pin it with `tls: { ca: cert }`.
+ */
+export async function generateDevCertificate(hostnames: string[] = ['localhost']): Promise<{ cert: string; key: string; fingerprint: string }> {
+  const pems = await generate([{ name: 'commonName', value: hostnames[0] ?? 'localhost' }], {
+    keyType: 'ec',
+    algorithm: 'sha256',
+    extensions: [
+      {
+        name: 'subjectAltName',
+        altNames: [...hostnames.map((value) => ({ type: 2 as const, value })), { type: 7 as const, ip: '127.0.0.1' }, { type: 7 as const, ip: '::1' }],
+      },
+    ],
+  });
+  return { cert: pems.cert, key: pems.private, fingerprint: pems.fingerprint };
+}

@@ -1,0 +1,253 @@
+import { EventEmitter } from 'node:events';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type WebSocket } from 'ws';
+import {
+  AGENT_ID_HEADER,
+  CONTROL_MAX_BYTES,
+  CONTROL_PATH,
+  PoolClosedError,
+  checkInt,
+  checkMs,
+  encodeControl,
+  splice,
+} from '@pool/shared';
+import { listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
+import { parseAllowlist, type Allowlist } from './allowlist.js';
+import { ServerPool, type ServerPoolOptions } from './server-pool.js';
+
+/** Options for {@link Relay}. */
+export interface RelayOptions extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'headersTimeout'> {
+  /** Interface for the agents' port (pool and control). Default: all interfaces. */
+  host?: string;
+  /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */
+  port?: number;
+  /** Interface for the public port users connect to. Default: all interfaces. */
+  publicHost?: string;
+  /** Port users connect to; each connection is tunnelled to the agent's target. Default: 0. */
+  publicPort?: number;
+  /** How long a user's connection waits for a pooled connection before it is closed, in ms. Default: 5000. */
+  getTimeout?: number;
+}
+
+/** Counters since start; cheap to read. */
+export interface RelayStats {
+  /** User connections accepted on the public port. */
+  accepted: number;
+  /** Tunnels that ended, cleanly or not. */
+  finished: number;
+  /** Tunnels open right now. */
+  open: number;
+  /** User connections closed because no pooled connection came within `getTimeout`. */
+  noConnection: number;
+  /** User connections closed because no agent was on the control channel. */
+  noAgent: number;
+  /** Tunnels that ended in an error (reset, target unreachable, …). */
+  failed: number;
+  /** Idle pooled connections. */
+  idle: number;
+  /** Whether an agent holds the control channel. */
+  agentConnected: boolean;
+}
+
+/**
+ * The public half of a NodePass-style tunnel: a {@link ServerPool} for the
+ * agent's pooled connections, a control channel to the agent, and a public
+ * TCP port. Each user connection on the public port takes an idle pooled
+ * connection, tells the agent its ID, and is spliced to it.
+ *
+ * One agent serves a relay at a time: a new control connection replaces the
+ * old one (an agent that restarted, or reconnected after a network fault). When
+ * the agent instance changes, idle pooled connections are flushed, because only
+ * the agent that dialled them can claim them.
+ *
+ * Events: `'agent'` (connected: boolean); `'tunnel'` ({ error }) when one ends;
+ * `'error'` for failures outside any call (emitted only when listened to).
+ */
+export class Relay extends EventEmitter {
+  readonly pool: ServerPool;
+  readonly #server: Server;
+  readonly #publicServer: NetServer;
+  readonly #controlWss: WebSocketServer;
+  readonly #allowlist: Allowlist;
+  readonly #token: string | undefined;
+  readonly #keepAliveMs: number;
+  readonly #getTimeoutMs: number;
+  readonly #listen: { host: string | undefined; port: number; publicHost: string | undefined; publicPort: number };
+  readonly #userSockets = new Set<Socket>();
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, failed: 0 };
+  #control: { ws: WebSocket; agentId: string; alive: boolean } | undefined;
+  #controlPing: NodeJS.Timeout | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: RelayOptions = {}) {
+    super();
+    this.#keepAliveMs = checkMs('keepAlive', options.keepAlive ?? 30_000);
+    this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
+    this.#listen = {
+      host: options.host,
+      port: checkInt('port', options.port ?? 0, 0, 65_535),
+      publicHost: options.publicHost,
+      publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535),
+    };
+    this.#allowlist = parseAllowlist(options.allow);
+    this.#token = options.token;
+    const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
+    const serverOptions = { headersTimeout, requestTimeout: headersTimeout * 2 };
+    this.#server = options.tls
+      ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
+      : createHttpServer(serverOptions);
+    this.pool = new ServerPool({ ...options, server: this.#server });
+    this.pool.on('error', this.#reportError);
+    this.#controlWss = new WebSocketServer({
+      noServer: true,
+      perMessageDeflate: false,
+      clientTracking: false,
+      maxPayload: CONTROL_MAX_BYTES,
+    });
+    this.#publicServer = createNetServer({ pauseOnConnect: true }, this.#onUser);
+  }
+
+  /** Listens on both ports. Rejects with the listen error (EADDRINUSE, …). */
+  async start(): Promise<void> {
+    if (this.#closing) throw new PoolClosedError('the relay is closed');
+    this.#server.on('upgrade', this.#onUpgrade);
+    this.#server.on('request', this.#onPlainRequest);
+    this.#server.on('error', this.#reportError);
+    this.#publicServer.on('error', this.#reportError);
+    await listen(this.#server, this.#listen.port, this.#listen.host);
+    await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost);
+    await this.pool.ServerManager();
+    if (this.#keepAliveMs > 0) this.#controlPing = setInterval(this.#pingControl, this.#keepAliveMs).unref();
+  }
+
+  /** The agents' port and the public port, once started. */
+  address(): { port: number; publicPort: number } {
+    return {
+      port: (this.#server.address() as AddressInfo).port,
+      publicPort: (this.#publicServer.address() as AddressInfo).port,
+    };
+  }
+
+  stats(): RelayStats {
+    return {
+      ...this.#stats,
+      open: this.#userSockets.size,
+      idle: this.pool.Active(),
+      agentConnected: this.#control !== undefined,
+    };
+  }
+
+  /** Stops both listeners, closes the control channel, the pool and every open tunnel. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    clearInterval(this.#controlPing);
+    this.#publicServer.close();
+    this.#server.removeListener('upgrade', this.#onUpgrade);
+    this.#server.close();
+    this.#server.closeIdleConnections();
+    this.#control?.ws.close(1001);
+    await this.pool.Close();
+    for (const socket of this.#userSockets) socket.destroy();
+    this.#control?.ws.terminate();
+  }
+
+  readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const path = pathOf(request.url);
+    if (path === '/') return; // the pool's
+    socket.on('error', this.#reportError);
+    if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
+    const refusal = refusalFor(request, this.#allowlist, this.#token);
+    if (refusal) return refuseUpgrade(socket, refusal, 'unauthorized');
+    const agentId = String(request.headers[AGENT_ID_HEADER] ?? '');
+    this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(ws, agentId));
+  };
+
+  #adoptControl(ws: WebSocket, agentId: string): void {
+    const previous = this.#control;
+    const control = { ws, agentId, alive: true };
+    this.#control = control;
+    ws.on('error', this.#reportError);
+    ws.on('pong', () => {
+      control.alive = true;
+    });
+    // The agent sends nothing on the control channel; anything it does send is a protocol error.
+    ws.on('message', () => ws.close(1003, 'the relay expects no messages'));
+    ws.once('close', () => {
+      if (this.#control !== control) return;
+      this.#control = undefined;
+      this.emit('agent', false);
+    });
+    if (previous) {
+      previous.ws.terminate();
+      if (previous.agentId !== agentId) void this.pool.Flush();
+    }
+    this.emit('agent', true);
+  }
+
+  readonly #pingControl = (): void => {
+    const control = this.#control;
+    if (!control) return;
+    if (!control.alive) {
+      control.ws.terminate();
+      return;
+    }
+    control.alive = false;
+    control.ws.ping();
+  };
+
+  readonly #onUser = (user: Socket): void => {
+    this.#stats.accepted++;
+    this.#userSockets.add(user);
+    user.on('error', () => {});
+    user.once('close', () => this.#userSockets.delete(user));
+    void this.#tunnel(user);
+  };
+
+  async #tunnel(user: Socket): Promise<void> {
+    const control = this.#control;
+    if (!control) {
+      this.#stats.noAgent++;
+      user.destroy();
+      return;
+    }
+    const userGone = new AbortController();
+    const abort = (): void => userGone.abort();
+    user.once('close', abort);
+    let incoming;
+    try {
+      incoming = await this.pool.IncomingGet(this.#getTimeoutMs, { signal: userGone.signal });
+    } catch {
+      this.#stats.noConnection++;
+      user.destroy();
+      return;
+    } finally {
+      user.removeListener('close', abort);
+    }
+    if (user.destroyed) {
+      incoming.conn.destroy();
+      return;
+    }
+    // Bytes the user sends before the agent claims its end are kept in that end for it.
+    control.ws.send(encodeControl({ v: 1, type: 'connect', id: incoming.id }));
+    const { error } = await splice(user, incoming.conn);
+    this.#stats.finished++;
+    if (error) this.#stats.failed++;
+    this.emit('tunnel', { error });
+  }
+
+  readonly #onPlainRequest = (_request: IncomingMessage, response: ServerResponse): void => {
+    response.writeHead(426, { 'Content-Type': 'text/plain', 'Content-Length': 0, Connection: 'close' });
+    response.end();
+  };
+
+  readonly #reportError = (error: Error): void => {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  };
+}

@@ -1,0 +1,88 @@
+import { parseArgs } from 'node:util';
+
+/** One command-line flag; each can also be set by the env var `POOL_<FLAG_NAME>`. */
+export interface FlagSpec {
+  type: 'string' | 'boolean';
+  description: string;
+  default?: string;
+}
+
+export type FlagValues = Record<string, string | boolean | undefined>;
+
+/** `tls-cert` → `POOL_TLS_CERT`. */
+export function envNameOf(flag: string): string {
+  return `POOL_${flag.toUpperCase().replaceAll('-', '_')}`;
+}
+
+/**
+ * Parses flags (which win), then env vars, then defaults. Returns undefined
+ * after printing usage for `--help`; throws with a readable message on an
+ * unknown flag or a missing value.
+ */
+export function parseCommandLine(
+  command: string,
+  summary: string,
+  flags: Record<string, FlagSpec>,
+  argv: string[] = process.argv.slice(2),
+  env: NodeJS.ProcessEnv = process.env,
+): FlagValues | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type }])),
+    },
+    strict: true,
+  });
+  if (values.help) {
+    const width = Math.max(...Object.keys(flags).map((name) => name.length)) + 8;
+    const lines = Object.entries(flags).map(([name, spec]) => {
+      const flag = `  --${name}${spec.type === 'string' ? ' <v>' : ''}`.padEnd(width + 4);
+      const fallback = spec.default === undefined ? '' : ` (default: ${spec.default})`;
+      return `${flag} ${spec.description}${fallback}  [${envNameOf(name)}]`;
+    });
+    process.stdout.write(`Usage: ${command} [flags]\n\n${summary}\n\nFlags (or the env var in brackets):\n${lines.join('\n')}\n  --help, -h${' '.repeat(width - 6)} this text\n`);
+    return undefined;
+  }
+  const result: FlagValues = {};
+  for (const [name, spec] of Object.entries(flags)) {
+    const fromEnv = env[envNameOf(name)];
+    const fromFlag = (values as Record<string, string | boolean | undefined>)[name];
+    result[name] = fromFlag ?? (fromEnv === undefined ? spec.default : spec.type === 'boolean' ? /^(1|true|yes)$/i.test(fromEnv) : fromEnv);
+  }
+  return result;
+}
+
+/** A numeric flag value, or a readable error naming the flag. */
+export function numberFlag(values: FlagValues, name: string): number {
+  const value = Number(values[name]);
+  if (values[name] === undefined || values[name] === '' || !Number.isFinite(value)) {
+    throw new Error(`--${name} must be a number (got ${JSON.stringify(values[name])})`);
+  }
+  return value;
+}
+
+/**
+ * Runs `close` on the first SIGINT/SIGTERM and exits 0 when it finishes (1 if
+ * it throws); a second signal exits at once. Prints a status line every
+ * `statusMs` (0: never).
+ */
+export function runUntilSignal(command: string, close: () => Promise<void>, status: () => string, statusMs: number): void {
+  const ticker = statusMs > 0 ? setInterval(() => process.stdout.write(`${command} status ${status()}\n`), statusMs) : undefined;
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    clearInterval(ticker);
+    process.stdout.write(`${command} ${signal}: shutting down\n`);
+    close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        process.stderr.write(`${command}: ${String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
