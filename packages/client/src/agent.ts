@@ -8,6 +8,7 @@ import {
   CLOSE_TARGET_UNREACHABLE,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
+  ControlMessageError,
   InvalidOptionError,
   TOKEN_HEADER,
   checkMs,
@@ -154,7 +155,7 @@ export class Agent extends EventEmitter {
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       try {
-        if (isBinary) throw new Error('binary control message');
+        if (isBinary) throw new ControlMessageError('binary, expected JSON text');
         const message = decodeControl(data.toString());
         void this.#serve(message.id);
       } catch (error) {

@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import type { ConnectionOptions } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
@@ -125,6 +125,8 @@ export class ClientPool extends EventEmitter {
     this.#capacity = this.#minCap;
     this.#interval = this.#minInterval;
     this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.#reportError);
+    // Every dial in flight (and its p-retry) listens for the abort: up to maxCap at once, by design.
+    setMaxListeners(0, this.#lifetime.signal);
   }
 
   /** Starts the manager loop and returns at once. Idempotent; a closed pool stays closed. */

@@ -3,3 +3,4 @@ export { parseAllowlist, normalizeAddress, type Allowlist } from './allowlist.js
 export { tokensEqual } from './token.js';
 export * from '@pool/shared';
 export { Relay, type RelayOptions, type RelayStats } from './relay.js';
+export { generateDevCertificate } from './dev-cert.js';

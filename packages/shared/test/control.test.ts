@@ -1,0 +1,49 @@
+import { describe, expect, it } from '@jest/globals';
+import { CONTROL_MAX_BYTES, decodeControl, encodeControl, envNameOf, parseCommandLine } from '@pool/shared';
+
+describe('control messages', () => {
+  it('round-trips a connect order', () => {
+    const text = encodeControl({ v: 1, type: 'connect', id: 'a1b2c3d4' });
+    expect(JSON.parse(text)).toEqual({ v: 1, type: 'connect', id: 'a1b2c3d4' });
+    expect(decodeControl(text)).toEqual({ v: 1, type: 'connect', id: 'a1b2c3d4' });
+  });
+
+  it('ignores unknown extra fields (forward compatible within a version)', () => {
+    expect(decodeControl('{"v":1,"type":"connect","id":"a1b2c3d4","hint":"x"}')).toEqual({ v: 1, type: 'connect', id: 'a1b2c3d4' });
+  });
+
+  it.each([
+    ['not JSON', '{"v":1,'],
+    ['JSON null', 'null'],
+    ['an array', '[1]'],
+    ['a string', '"connect"'],
+    ['another version', '{"v":2,"type":"connect","id":"a1b2c3d4"}'],
+    ['no version', '{"type":"connect","id":"a1b2c3d4"}'],
+    ['an unknown type', '{"v":1,"type":"shutdown"}'],
+    ['a bad id', '{"v":1,"type":"connect","id":"A1B2C3D4"}'],
+    ['a missing id', '{"v":1,"type":"connect"}'],
+    ['a numeric id', '{"v":1,"type":"connect","id":12345678}'],
+    ['an oversized message', `{"v":1,"type":"connect","id":"a1b2c3d4","pad":"${'x'.repeat(CONTROL_MAX_BYTES)}"}`],
+  ])('rejects %s with ERR_CONTROL_MESSAGE', (_label, text) => {
+    expect(() => decodeControl(text)).toThrow(expect.objectContaining({ code: 'ERR_CONTROL_MESSAGE' }));
+  });
+});
+
+describe('command-line flags', () => {
+  const flags = {
+    port: { type: 'string' as const, description: 'port', default: '10101' },
+    'tls-cert': { type: 'string' as const, description: 'cert' },
+    plain: { type: 'boolean' as const, description: 'plain' },
+  };
+
+  it('takes flags over env vars over defaults', () => {
+    expect(envNameOf('tls-cert')).toBe('POOL_TLS_CERT');
+    expect(parseCommandLine('x', '', flags, [], {})).toEqual({ port: '10101', 'tls-cert': undefined, plain: undefined });
+    expect(parseCommandLine('x', '', flags, [], { POOL_PORT: '1', POOL_PLAIN: 'true' })).toMatchObject({ port: '1', plain: true });
+    expect(parseCommandLine('x', '', flags, ['--port', '2'], { POOL_PORT: '1' })).toMatchObject({ port: '2' });
+  });
+
+  it('refuses an unknown flag', () => {
+    expect(() => parseCommandLine('x', '', flags, ['--prot', '1'], {})).toThrow(/Unknown option '--prot'/);
+  });
+});

@@ -1,0 +1,193 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer as createHttpServer } from 'node:http';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { AGENT_BIN, CliProcess, RELAY_BIN, startAgent, startRelay } from '../helpers/processes.js';
+import { closed } from '../helpers/streams.js';
+
+// End to end: the real pool-relay and pool-agent CLIs as processes, TLS between
+// them (the relay's generated self-signed certificate), users and targets here.
+
+const processes: CliProcess[] = [];
+const targetCleanups: Array<() => void> = [];
+
+afterEach(async () => {
+  await Promise.all(processes.splice(0).map((p) => p.stop('SIGKILL')));
+  for (const cleanup of targetCleanups.splice(0)) cleanup();
+});
+
+/** Listens on 127.0.0.1; the server and every socket it accepted are closed after the test. */
+async function listenTarget(server: Server): Promise<string> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  targetCleanups.push(() => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** A TCP service that echoes every byte back. */
+function echoServer(): Server {
+  return createServer((socket) => {
+    socket.on('error', () => {});
+    socket.pipe(socket);
+  });
+}
+
+async function tunnel(targetServer: Server, relayArgs: string[] = [], agentArgs: string[] = []) {
+  const target = await listenTarget(targetServer);
+  const { relay, port, publicPort } = await startRelay(relayArgs);
+  processes.push(relay);
+  const agent = await startAgent(port, target, agentArgs);
+  processes.push(agent);
+  return { relay, agent, port, publicPort, target };
+}
+
+/** Sends `payload` through an echo tunnel and resolves with the SHA-256 of what came back. */
+function echoThrough(publicPort: number, payload: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(publicPort, '127.0.0.1');
+    const hash = createHash('sha256');
+    let received = 0;
+    socket.on('error', reject);
+    socket.on('close', () => reject(new Error(`closed after ${received} of ${payload.length} bytes`)));
+    socket.on('data', (data: Buffer) => {
+      hash.update(data);
+      received += data.length;
+      if (received >= payload.length) {
+        socket.removeAllListeners('close');
+        socket.destroy();
+        resolve(hash.digest('hex'));
+      }
+    });
+    // Random write chunking: message boundaries must not matter.
+    let offset = 0;
+    while (offset < payload.length) {
+      const size = 1 + Math.floor(Math.random() * 64 * 1024);
+      socket.write(payload.subarray(offset, offset + size));
+      offset += size;
+    }
+  });
+}
+
+const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+
+describe('pool-relay + pool-agent, end to end', () => {
+  it('carries HTTP requests made with undici', async () => {
+    const service = createHttpServer((req, res) => res.end(`you asked for ${req.url}`));
+    const { publicPort } = await tunnel(service);
+    for (let i = 0; i < 20; i++) {
+      const response = await request(`http://127.0.0.1:${publicPort}/thing/${i}`, { reset: i % 2 === 0 });
+      expect(response.statusCode).toBe(200);
+      expect(await response.body.text()).toBe(`you asked for /thing/${i}`);
+    }
+  });
+
+  it('carries 256 concurrent connections, each with its bytes intact both ways', async () => {
+    const { publicPort } = await tunnel(echoServer(), ['--max-cap', '400'], ['--min-cap', '64', '--max-cap', '300']);
+    const payloads = Array.from({ length: 256 }, () => randomBytes(1 + Math.floor(Math.random() * 256 * 1024)));
+    const echoed = await Promise.all(payloads.map((payload) => echoThrough(publicPort, payload)));
+    expect(echoed).toEqual(payloads.map(sha256));
+  }, 60_000);
+
+  it('moves 100 MiB through one tunnel intact', async () => {
+    const total = 100 * 1024 * 1024;
+    const sink = createServer((socket) => {
+      const hash = createHash('sha256');
+      let received = 0;
+      socket.on('error', () => {});
+      socket.on('data', (data: Buffer) => {
+        hash.update(data);
+        received += data.length;
+        if (received === total) socket.end(hash.digest('hex'));
+      });
+    });
+    const { publicPort } = await tunnel(sink);
+    const user = connect(publicPort, '127.0.0.1');
+    const sent = createHash('sha256');
+    const block = randomBytes(1024 * 1024);
+    const reply = new Promise<string>((resolve, reject) => {
+      let text = '';
+      user.on('data', (data: Buffer) => (text += data.toString()));
+      user.on('end', () => resolve(text));
+      user.on('error', reject);
+    });
+    for (let i = 0; i < 100; i++) {
+      const chunk = Buffer.from(block);
+      chunk.writeUInt32BE(i, 0);
+      sent.update(chunk);
+      if (!user.write(chunk)) await new Promise((resolve) => user.once('drain', resolve));
+    }
+    expect(await reply).toBe(sent.digest('hex'));
+  }, 60_000);
+
+  it('closes the user connection within 1 s when the target is down', async () => {
+    const placeholder = createServer();
+    const target = await listenTarget(placeholder);
+    placeholder.close(); // nothing listens there any more
+    const { relay, port, publicPort } = await startRelay();
+    processes.push(relay);
+    processes.push(await startAgent(port, target));
+    const user = connect(publicPort, '127.0.0.1');
+    user.on('error', () => {});
+    await new Promise((resolve) => user.once('connect', resolve));
+    const started = Date.now();
+    user.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await closed(user);
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+
+  it('serves again after the agent is killed and restarted, without touching the relay', async () => {
+    const service = createHttpServer((_req, res) => res.end('ok'));
+    const { agent, port, publicPort, target } = await tunnel(service);
+    const get = async (): Promise<string> => (await request(`http://127.0.0.1:${publicPort}/`, { reset: true })).body.text();
+    expect(await get()).toBe('ok');
+    await agent.stop('SIGKILL');
+    const restarted = await startAgent(port, target);
+    processes.push(restarted);
+    // Until the relay has dropped the dead agent's pooled connections a request may fail; bounded.
+    let recovered = false;
+    for (let attempt = 0; attempt < 50 && !recovered; attempt++) {
+      recovered = await get().then((text) => text === 'ok', () => false);
+      if (!recovered) await sleep(100);
+    }
+    expect(recovered).toBe(true);
+    const results = await Promise.all(Array.from({ length: 20 }, () => get()));
+    expect(results).toEqual(Array(20).fill('ok'));
+  }, 30_000);
+
+  it('reconnects by itself after the relay restarts', async () => {
+    const service = createHttpServer((_req, res) => res.end('ok'));
+    const { relay, agent, port, publicPort } = await tunnel(service);
+    const get = async (): Promise<string> => (await request(`http://127.0.0.1:${publicPort}/`, { reset: true })).body.text();
+    expect(await get()).toBe('ok');
+    expect(await relay.stop('SIGTERM')).toBe(0);
+    await agent.waitFor(/control disconnected/, 5_000, true);
+    await sleep(1_000);
+    const { relay: again } = await startRelay(['--port', String(port), '--public-port', String(publicPort)]);
+    processes.push(again);
+    await again.waitFor(/agent connected/, 10_000, true);
+    let served = false;
+    for (let attempt = 0; attempt < 50 && !served; attempt++) {
+      served = await get().then((text) => text === 'ok', () => false);
+      if (!served) await sleep(100);
+    }
+    expect(served).toBe(true);
+  }, 30_000);
+
+  it('prints --help and refuses bad flags with a clear message', async () => {
+    const help = new CliProcess(RELAY_BIN, ['--help']);
+    expect(await help.exited).toBe(0);
+    expect(help.lines.join('\n')).toMatch(/--public-port <v>.*POOL_PUBLIC_PORT/);
+    const bad = new CliProcess(AGENT_BIN, ['--server', 'relay:1']);
+    expect(await bad.exited).toBe(2);
+    expect(bad.lines.join('\n')).toMatch(/--server and --target are required/);
+  });
+});

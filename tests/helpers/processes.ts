@@ -1,0 +1,75 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const RELAY_BIN = `${ROOT}packages/server/dist/bin/pool-relay.js`;
+export const AGENT_BIN = `${ROOT}packages/client/dist/bin/pool-agent.js`;
+
+/** A CLI running as a real child process, with its stdout kept line by line. */
+export class CliProcess {
+  readonly child: ChildProcess;
+  readonly lines: string[] = [];
+  readonly #waiters: Array<{ pattern: RegExp; resolve: (match: RegExpMatchArray) => void }> = [];
+  readonly exited: Promise<number | null>;
+
+  constructor(bin: string, args: string[]) {
+    this.child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+    const onLine = (line: string): void => {
+      this.lines.push(line);
+      for (const waiter of [...this.#waiters]) {
+        const match = line.match(waiter.pattern);
+        if (match) {
+          this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+          waiter.resolve(match);
+        }
+      }
+    };
+    createInterface({ input: this.child.stdout! }).on('line', onLine);
+    createInterface({ input: this.child.stderr! }).on('line', (line) => onLine(`stderr: ${line}`));
+  }
+
+  /** Resolves with the first line from now on (or already seen, if `seen`) matching `pattern`; rejects after `timeoutMs`. */
+  waitFor(pattern: RegExp, timeoutMs = 10_000, seen = false): Promise<RegExpMatchArray> {
+    if (seen) {
+      const match = this.lines.map((line) => line.match(pattern)).find(Boolean);
+      if (match) return Promise.resolve(match);
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        pattern,
+        resolve: (match: RegExpMatchArray) => {
+          clearTimeout(timer);
+          resolve(match);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; output:\n${this.lines.join('\n')}`));
+      }, timeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** SIGTERM (clean shutdown) or SIGKILL; resolves with the exit code once the process is gone. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+export async function startRelay(args: string[] = []): Promise<{ relay: CliProcess; port: number; publicPort: number }> {
+  const relay = new CliProcess(RELAY_BIN, ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', ...args]);
+  const match = await relay.waitFor(/ready port=(\d+) public-port=(\d+)/, 10_000, true);
+  return { relay, port: Number(match[1]), publicPort: Number(match[2]) };
+}
+
+export async function startAgent(port: number, target: string, args: string[] = []): Promise<CliProcess> {
+  const agent = new CliProcess(AGENT_BIN, [
+    '--server', `127.0.0.1:${port}`, '--target', target, '--tls', 'insecure',
+    '--min-interval', '50', '--max-interval', '1000', '--status-interval', '0', ...args,
+  ]);
+  await agent.waitFor(/control connected/, 10_000, true);
+  return agent;
+}
