@@ -129,9 +129,8 @@ describe('pool-relay + pool-agent, end to end', () => {
   }, 60_000);
 
   it('closes the user connection within 1 s when the target is down', async () => {
-    const placeholder = createServer();
-    const target = await listenTarget(placeholder);
-    placeholder.close(); // nothing listens there any more
+    // Port 1: nothing listens there. (A freed ephemeral port can be reused at once by another listener.)
+    const target = '127.0.0.1:1';
     const { relay, port, publicPort } = await startRelay();
     processes.push(relay);
     processes.push(await startAgent(port, target));

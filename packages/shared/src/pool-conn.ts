@@ -57,6 +57,14 @@ export class PoolConn extends Duplex {
 
   readonly #socket: Socket;
   #timeoutForwarded = false;
+  /**
+   * Our close frame is out (end() or destroy()). From here on the socket must
+   * keep reading whatever the reader does, or the peer's close reply would
+   * queue behind unread data and the handshake would stall until ws's 30 s
+   * close timeout. The peer stops sending once it sees our close, so what is
+   * still buffered is bounded by what was already in flight.
+   */
+  #closeSent = false;
 
   constructor(ws: WebSocket, id: string, options: PoolConnOptions = {}) {
     super({
@@ -139,6 +147,11 @@ export class PoolConn extends Duplex {
     if (this.webSocket.isPaused) this.webSocket.resume();
   }
 
+  #stopBackpressure(): void {
+    this.#closeSent = true;
+    if (this.webSocket.isPaused) this.webSocket.resume();
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
     this.#send([chunk], callback);
   }
@@ -172,14 +185,18 @@ export class PoolConn extends Duplex {
       callback();
       return;
     }
+    this.#stopBackpressure();
     ws.once('close', () => callback());
     ws.close(1000);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     const ws = this.webSocket;
-    // A close handshake already under way (end(), or our 1003) is left to finish;
-    // ws terminates it itself if the peer never answers.
+    // Nobody will read what still arrives; drop it rather than let it pause the socket.
+    ws.removeListener('message', this.#onMessage);
+    this.#stopBackpressure();
+    // A close handshake already under way (end(), a close code of the caller's,
+    // our 1003) is left to finish; ws terminates it itself if the peer never answers.
     if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
     callback(error);
   }
@@ -191,7 +208,7 @@ export class PoolConn extends Duplex {
       return;
     }
     this.bytesRead += data.length;
-    if (!this.push(data)) this.webSocket.pause();
+    if (!this.push(data) && !this.#closeSent) this.webSocket.pause();
   };
 
   readonly #onClose = (code: number, reason: Buffer): void => {

@@ -108,6 +108,43 @@ describe('PoolConn close semantics', () => {
     expect(client.destroyed).toBe(true);
   });
 
+  /** Fills the reader's window: the server writes until the client's socket is paused. */
+  async function stallReader(p: ConnPair): Promise<void> {
+    p.client.pause();
+    const chunk = Buffer.alloc(256 * 1024, 1);
+    for (let i = 0; i < 200 && !p.client.webSocket.isPaused; i++) {
+      if (!p.server.write(chunk)) await Promise.race([once(p.server, 'drain'), sleep(50)]);
+    }
+    expect(p.client.webSocket.isPaused).toBe(true);
+  }
+
+  it('end() on a connection whose reader stopped still completes the close handshake promptly', async () => {
+    pair = await connPair({ tls: false });
+    const { server, client } = pair;
+    server.on('error', () => {});
+    await stallReader(pair);
+    const started = Date.now();
+    const peerClosed = once(server.webSocket, 'close');
+    client.end();
+    await once(client, 'finish');
+    const [code] = (await peerClosed) as [number];
+    expect(code).toBe(1000);
+    expect(Date.now() - started).toBeLessThan(2_000); // ws's close timeout would be 30 s
+  });
+
+  it('destroy() after sending a close code completes the handshake even with data still arriving', async () => {
+    pair = await connPair({ tls: false });
+    const { server, client } = pair;
+    const serverError = once(server, 'error');
+    await stallReader(pair);
+    const started = Date.now();
+    client.webSocket.close(4502, 'target unreachable'); // what an agent does when its target refuses
+    client.destroy();
+    const [error] = await serverError;
+    expect(error).toMatchObject({ code: 'ERR_CONN_CLOSED', closeCode: 4502 });
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
   it('a peer close with a code other than 1000/1001 is ERR_CONN_CLOSED', async () => {
     pair = await connPair({ tls: false });
     const { server, client } = pair;
