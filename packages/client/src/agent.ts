@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import type { ClientRequestArgs } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import {
+  ErrorCountingEmitter,
   AGENT_ID_HEADER,
   CLOSE_TARGET_UNREACHABLE,
   CONTROL_MAX_BYTES,
@@ -70,7 +70,7 @@ const CONTROL_RETRY_MIN_MS = 200;
  * Events: `'control'` (connected: boolean); `'tunnel'` ({ error }) when one
  * ends; `'error'` for failures outside any call (emitted only when listened to).
  */
-export class Agent extends EventEmitter {
+export class Agent extends ErrorCountingEmitter {
   readonly pool: ClientPool;
   /** This process's identity towards the relay: a restart is a new agent, a reconnect is not. */
   readonly agentId = randomUUID();
@@ -95,7 +95,7 @@ export class Agent extends EventEmitter {
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 5_000);
     this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
     this.pool = new ClientPool(options);
-    this.pool.on('error', this.#reportError);
+    this.pool.on('error', this.reportError);
     this.#keepAliveMs = options.keepAlive ?? 30_000;
     this.#maxRetryMs = Math.max(CONTROL_RETRY_MIN_MS, options.maxInterval ?? 5_000);
     const relay = resolveRelayTarget(options.server, options.tls);
@@ -137,7 +137,7 @@ export class Agent extends EventEmitter {
     const ws = new WebSocket(this.#controlUrl, this.#controlOptions);
     this.#control = ws;
     let alive = true;
-    ws.on('error', this.#reportError);
+    ws.on('error', this.reportError);
     ws.on('open', () => {
       this.#stats.controlConnects++;
       this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
@@ -159,7 +159,7 @@ export class Agent extends EventEmitter {
         const message = decodeControl(data.toString());
         void this.#serve(message.id);
       } catch (error) {
-        this.#reportError(error as Error);
+        this.reportError(error as Error);
       }
     });
     ws.once('close', () => {
@@ -181,7 +181,7 @@ export class Agent extends EventEmitter {
       conn = await this.pool.OutgoingGet(id, this.#claimTimeoutMs);
     } catch (error) {
       this.#stats.claimFailures++;
-      this.#reportError(error as Error);
+      this.reportError(error as Error);
       return;
     }
     conn.on('error', () => {});
@@ -219,7 +219,4 @@ export class Agent extends EventEmitter {
     });
   }
 
-  readonly #reportError = (error: Error): void => {
-    if (this.listenerCount('error') > 0) this.emit('error', error);
-  };
 }

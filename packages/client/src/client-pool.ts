@@ -1,9 +1,10 @@
-import { EventEmitter, setMaxListeners } from 'node:events';
+import { setMaxListeners } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import type { ConnectionOptions } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
 import {
+  ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   KEEPALIVE_HEADER,
@@ -77,7 +78,7 @@ const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', '
  * among them), emitted only when something listens; they always count in
  * `ErrorCount()`.
  */
-export class ClientPool extends EventEmitter {
+export class ClientPool extends ErrorCountingEmitter {
   readonly #url: string;
   readonly #tls: ConnectionOptions | undefined;
   readonly #headers: Record<string, string>;
@@ -100,7 +101,6 @@ export class ClientPool extends EventEmitter {
   #manager: Promise<void> | undefined;
   #wakeManager: (() => void) | undefined;
   #closing: Promise<void> | undefined;
-  #errorCount = 0;
   /** Every dial of the last round failed: the relay is down or refusing us. */
   #lastRoundFailed = false;
 
@@ -124,7 +124,7 @@ export class ClientPool extends EventEmitter {
     if (options.token !== undefined) this.#headers[TOKEN_HEADER] = options.token;
     this.#capacity = this.#minCap;
     this.#interval = this.#minInterval;
-    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.#reportError);
+    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError);
     // Every dial in flight (and its p-retry) listens for the abort: up to maxCap at once, by design.
     setMaxListeners(0, this.#lifetime.signal);
   }
@@ -185,17 +185,6 @@ export class ClientPool extends EventEmitter {
     this.#wakeManager?.();
   }
 
-  AddError(): void {
-    this.#errorCount++;
-  }
-
-  ErrorCount(): number {
-    return this.#errorCount;
-  }
-
-  ResetError(): void {
-    this.#errorCount = 0;
-  }
 
   /** A snapshot of the manager's counters. */
   stats(): ClientPoolStats {
@@ -293,7 +282,7 @@ export class ClientPool extends EventEmitter {
     } catch (error) {
       if (this.#lifetime.signal.aborted) throw new AbortError('the pool closed');
       this.#stats.dialFailures++;
-      this.#reportError(error as Error);
+      this.reportError(error as Error);
       throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
     } finally {
       this.#lifetime.signal.removeEventListener('abort', abort);
@@ -349,8 +338,4 @@ export class ClientPool extends EventEmitter {
     });
   }
 
-  readonly #reportError = (error: Error): void => {
-    this.#errorCount++;
-    if (this.listenerCount('error') > 0) this.emit('error', error);
-  };
 }

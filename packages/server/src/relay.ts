@@ -1,10 +1,10 @@
-import { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
+  ErrorCountingEmitter,
   AGENT_ID_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
@@ -66,7 +66,7 @@ export interface RelayStats {
  * Events: `'agent'` (connected: boolean); `'tunnel'` ({ error }) when one ends;
  * `'error'` for failures outside any call (emitted only when listened to).
  */
-export class Relay extends EventEmitter {
+export class Relay extends ErrorCountingEmitter {
   readonly pool: ServerPool;
   readonly #server: Server;
   readonly #publicServer: NetServer;
@@ -100,7 +100,7 @@ export class Relay extends EventEmitter {
       ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);
     this.pool = new ServerPool({ ...options, server: this.#server });
-    this.pool.on('error', this.#reportError);
+    this.pool.on('error', this.reportError);
     this.#controlWss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
@@ -115,8 +115,8 @@ export class Relay extends EventEmitter {
     if (this.#closing) throw new PoolClosedError('the relay is closed');
     this.#server.on('upgrade', this.#onUpgrade);
     this.#server.on('request', this.#onPlainRequest);
-    this.#server.on('error', this.#reportError);
-    this.#publicServer.on('error', this.#reportError);
+    this.#server.on('error', this.reportError);
+    this.#publicServer.on('error', this.reportError);
     await listen(this.#server, this.#listen.port, this.#listen.host);
     await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost);
     await this.pool.ServerManager();
@@ -161,7 +161,7 @@ export class Relay extends EventEmitter {
   readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const path = pathOf(request.url);
     if (path === '/') return; // the pool's
-    socket.on('error', this.#reportError);
+    socket.on('error', this.reportError);
     if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
     const refusal = refusalFor(request, this.#allowlist, this.#token);
     if (refusal) return refuseUpgrade(socket, refusal, 'unauthorized');
@@ -173,7 +173,7 @@ export class Relay extends EventEmitter {
     const previous = this.#control;
     const control = { ws, agentId, alive: true };
     this.#control = control;
-    ws.on('error', this.#reportError);
+    ws.on('error', this.reportError);
     ws.on('pong', () => {
       control.alive = true;
     });
@@ -247,7 +247,4 @@ export class Relay extends EventEmitter {
     response.end();
   };
 
-  readonly #reportError = (error: Error): void => {
-    if (this.listenerCount('error') > 0) this.emit('error', error);
-  };
 }

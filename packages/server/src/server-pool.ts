@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -6,6 +5,7 @@ import type { Duplex } from 'node:stream';
 import type { SecureContextOptions, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
+  ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   KEEPALIVE_HEADER,
@@ -79,7 +79,7 @@ type State = 'idle' | 'listening' | 'closed';
  * `Close()`; `'error'` (error) for failures outside any call, emitted only when
  * something listens (they are always counted in `ErrorCount()`).
  */
-export class ServerPool extends EventEmitter {
+export class ServerPool extends ErrorCountingEmitter {
   readonly #maxCap: number;
   readonly #keepAliveMs: number;
   readonly #allowlist: Allowlist;
@@ -97,7 +97,6 @@ export class ServerPool extends EventEmitter {
   #state: State = 'idle';
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
-  #errorCount = 0;
 
   constructor(options: ServerPoolOptions = {}) {
     super();
@@ -124,7 +123,7 @@ export class ServerPool extends EventEmitter {
       maxPayload: checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1),
     });
     this.#wss.on('headers', this.#confirmKeepAlive);
-    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.#reportError);
+    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError);
   }
 
   /** Starts listening (or attaches to `server`). Resolves once connections are accepted. Idempotent. */
@@ -138,7 +137,7 @@ export class ServerPool extends EventEmitter {
     this.#server.on('upgrade', this.#onUpgrade);
     if (this.#ownsServer) {
       this.#server.on('request', this.#onPlainRequest);
-      this.#server.on('error', this.#reportError);
+      this.#server.on('error', this.reportError);
       await listen(this.#server, this.#listen.port, this.#listen.host);
     }
     // Close() may have run while we were waiting to listen.
@@ -192,17 +191,6 @@ export class ServerPool extends EventEmitter {
     return this.#idle.closeAll();
   }
 
-  AddError(): void {
-    this.#errorCount++;
-  }
-
-  ErrorCount(): number {
-    return this.#errorCount;
-  }
-
-  ResetError(): void {
-    this.#errorCount = 0;
-  }
 
   /**
    * Stops accepting, closes every idle connection and every upgrade in flight,
@@ -231,7 +219,7 @@ export class ServerPool extends EventEmitter {
   }
 
   readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    socket.on('error', this.#reportError);
+    socket.on('error', this.reportError);
     if (pathOf(request.url) !== '/') {
       // Another listener on a shared server may own this path.
       if (this.#server.listenerCount('upgrade') === 1) refuseUpgrade(socket, 404, 'not found');
@@ -297,8 +285,4 @@ export class ServerPool extends EventEmitter {
     response.end(body);
   };
 
-  readonly #reportError = (error: Error): void => {
-    this.#errorCount++;
-    if (this.listenerCount('error') > 0) this.emit('error', error);
-  };
 }

@@ -10,3 +10,4 @@ export { IdleConnections } from './idle-connections.js';
 export * from './control.js';
 export { splice } from './splice.js';
 export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, type FlagSpec, type FlagValues } from './cli.js';
+export { ErrorCountingEmitter } from './error-counting-emitter.js';

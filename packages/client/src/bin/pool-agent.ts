@@ -38,7 +38,6 @@ function main(): void {
     maxInterval: numberFlag(flags, 'max-interval'),
     keepAlive: numberFlag(flags, 'keep-alive'),
   });
-  agent.on('error', () => {});
   agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
   agent.start();
   process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}\n`);
@@ -47,7 +46,7 @@ function main(): void {
     () => agent.close(),
     () => {
       const s = agent.stats();
-      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.pool.ErrorCount()}`;
+      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );

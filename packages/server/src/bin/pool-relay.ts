@@ -48,7 +48,6 @@ async function main(): Promise<void> {
     keepAlive: numberFlag(flags, 'keep-alive'),
     getTimeout: numberFlag(flags, 'get-timeout'),
   });
-  relay.on('error', () => relay.pool.AddError());
   relay.on('agent', (up: boolean) => process.stdout.write(`${COMMAND} agent ${up ? 'connected' : 'disconnected'}\n`));
   await relay.start();
   const { port, publicPort } = relay.address();
@@ -58,7 +57,7 @@ async function main(): Promise<void> {
     () => relay.close(),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} errors=${relay.pool.ErrorCount()}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} errors=${relay.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );
