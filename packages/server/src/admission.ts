@@ -45,6 +45,24 @@ export function pathOf(url: string | undefined): string {
   return url?.split(/[?#]/, 1)[0] ?? '';
 }
 
+/**
+ * Slowloris defence for the servers we create: a client gets `headersTimeout`
+ * ms to send its request headers. Node checks that only every
+ * `connectionsCheckingInterval` (30 s by default), so the check runs at least
+ * four times per timeout, and at least once a second.
+ */
+export function httpTimeouts(headersTimeout: number): {
+  headersTimeout: number;
+  requestTimeout: number;
+  connectionsCheckingInterval: number;
+} {
+  return {
+    headersTimeout,
+    requestTimeout: headersTimeout * 2,
+    connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(headersTimeout / 4))),
+  };
+}
+
 /** `server.listen` as a promise that rejects with the listen error (EADDRINUSE, …). */
 export function listen(server: Server | NetServer, port: number, host: string | undefined): Promise<void> {
   return new Promise((resolve, reject) => {

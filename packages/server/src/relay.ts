@@ -14,7 +14,7 @@ import {
   encodeControl,
   splice,
 } from '@pool/shared';
-import { listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
+import { httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 import { ServerPool, type ServerPoolOptions } from './server-pool.js';
 
@@ -95,7 +95,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#allowlist = parseAllowlist(options.allow);
     this.#token = options.token;
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
-    const serverOptions = { headersTimeout, requestTimeout: headersTimeout * 2 };
+    const serverOptions = httpTimeouts(headersTimeout);
     this.#server = options.tls
       ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);

@@ -19,7 +19,7 @@ import {
   type GetOptions,
   type PoolConn,
 } from '@pool/shared';
-import { listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
+import { httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 
 /** Options for {@link ServerPool}. */
@@ -110,7 +110,7 @@ export class ServerPool extends ErrorCountingEmitter {
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
 
     this.#ownsServer = options.server === undefined;
-    const serverOptions = { headersTimeout, requestTimeout: headersTimeout * 2 };
+    const serverOptions = httpTimeouts(headersTimeout);
     this.#server =
       options.server ??
       (options.tls

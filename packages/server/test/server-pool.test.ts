@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -126,6 +127,20 @@ describe('ServerPool: refusals are plain HTTP, before any WebSocket exists', () 
     const { port } = await startPool({ allow: ['203.0.113.7'] });
     const response = await rawUpgrade(port, { headers: { 'X-Forwarded-For': '203.0.113.7', 'X-Real-IP': '203.0.113.7' } });
     expect(response.status).toBe(403);
+  });
+
+  it('disconnects a client that sends its headers too slowly (slowloris) and still serves others', async () => {
+    const { pool, url, port } = await startPool({ headersTimeout: 400 });
+    const slow = connect(port, '127.0.0.1');
+    slow.on('error', () => {});
+    slow.write('GET / HTTP/1.1\r\nHost: x\r\n');
+    const trickle = setInterval(() => slow.write('X-Slow: 1\r\n'), 100);
+    const started = Date.now();
+    await closed(slow);
+    clearInterval(trickle);
+    expect(Date.now() - started).toBeLessThan(400 + 1_000);
+    await dial(url);
+    expect(pool.Active()).toBe(1);
   });
 
   it('survives a malformed upgrade (bad key) and still serves', async () => {
