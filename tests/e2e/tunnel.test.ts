@@ -1,48 +1,26 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer } from 'node:http';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { AGENT_BIN, CliProcess, RELAY_BIN, startAgent, startRelay } from '../helpers/processes.js';
 import { closed } from '../helpers/streams.js';
+import { TargetServers, echoServer, echoThrough, sha256 } from '../helpers/tunnel.js';
 
 // End to end: the real pool-relay and pool-agent CLIs as processes, TLS between
 // them (the relay's generated self-signed certificate), users and targets here.
 
 const processes: CliProcess[] = [];
-const targetCleanups: Array<() => void> = [];
+const targets = new TargetServers();
 
 afterEach(async () => {
   await Promise.all(processes.splice(0).map((p) => p.stop('SIGKILL')));
-  for (const cleanup of targetCleanups.splice(0)) cleanup();
+  targets.closeAll();
 });
 
-/** Listens on 127.0.0.1; the server and every socket it accepted are closed after the test. */
-async function listenTarget(server: Server): Promise<string> {
-  const sockets = new Set<Socket>();
-  server.on('connection', (socket: Socket) => {
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
-  });
-  targetCleanups.push(() => {
-    for (const socket of sockets) socket.destroy();
-    server.close();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-
-/** A TCP service that echoes every byte back. */
-function echoServer(): Server {
-  return createServer((socket) => {
-    socket.on('error', () => {});
-    socket.pipe(socket);
-  });
-}
-
 async function tunnel(targetServer: Server, relayArgs: string[] = [], agentArgs: string[] = []) {
-  const target = await listenTarget(targetServer);
+  const target = await targets.listen(targetServer);
   const { relay, port, publicPort } = await startRelay(relayArgs);
   processes.push(relay);
   const agent = await startAgent(port, target, agentArgs);
@@ -50,34 +28,6 @@ async function tunnel(targetServer: Server, relayArgs: string[] = [], agentArgs:
   return { relay, agent, port, publicPort, target };
 }
 
-/** Sends `payload` through an echo tunnel and resolves with the SHA-256 of what came back. */
-function echoThrough(publicPort: number, payload: Buffer): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(publicPort, '127.0.0.1');
-    const hash = createHash('sha256');
-    let received = 0;
-    socket.on('error', reject);
-    socket.on('close', () => reject(new Error(`closed after ${received} of ${payload.length} bytes`)));
-    socket.on('data', (data: Buffer) => {
-      hash.update(data);
-      received += data.length;
-      if (received >= payload.length) {
-        socket.removeAllListeners('close');
-        socket.destroy();
-        resolve(hash.digest('hex'));
-      }
-    });
-    // Random write chunking: message boundaries must not matter.
-    let offset = 0;
-    while (offset < payload.length) {
-      const size = 1 + Math.floor(Math.random() * 64 * 1024);
-      socket.write(payload.subarray(offset, offset + size));
-      offset += size;
-    }
-  });
-}
-
-const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
 describe('pool-relay + pool-agent, end to end', () => {
   it('carries HTTP requests made with undici', async () => {

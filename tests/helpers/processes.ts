@@ -52,6 +52,24 @@ export class CliProcess {
     });
   }
 
+  /** The `key=value` pairs of the latest status line, or undefined before the first one. */
+  latestStatus(): Record<string, string> | undefined {
+    const line = this.lines.findLast((candidate) => / status /.test(candidate));
+    if (line === undefined) return undefined;
+    return Object.fromEntries([...line.matchAll(/(\S+?)=(\S+)/g)].map((m) => [m[1]!, m[2]!]));
+  }
+
+  /** Polls status lines (bounded by `timeoutMs`) until `predicate` holds; resolves with that status. */
+  async waitForStatus(predicate: (status: Record<string, string>) => boolean, timeoutMs: number): Promise<Record<string, string>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = this.latestStatus();
+      if (status && predicate(status)) return status;
+      if (Date.now() > deadline) throw new Error(`status never matched within ${timeoutMs} ms; last: ${JSON.stringify(status)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
   /** SIGTERM (clean shutdown) or SIGKILL; resolves with the exit code once the process is gone. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
@@ -65,11 +83,11 @@ export async function startRelay(args: string[] = []): Promise<{ relay: CliProce
   return { relay, port: Number(match[1]), publicPort: Number(match[2]) };
 }
 
-export async function startAgent(port: number, target: string, args: string[] = []): Promise<CliProcess> {
+export async function startAgent(port: number, target: string, args: string[] = [], waitForControl = true): Promise<CliProcess> {
   const agent = new CliProcess(AGENT_BIN, [
     '--server', `127.0.0.1:${port}`, '--target', target, '--tls', 'insecure',
     '--min-interval', '50', '--max-interval', '1000', '--status-interval', '0', ...args,
   ]);
-  await agent.waitFor(/control connected/, 10_000, true);
+  if (waitForControl) await agent.waitFor(/control connected/, 10_000, true);
   return agent;
 }

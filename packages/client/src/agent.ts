@@ -43,6 +43,8 @@ export interface AgentStats {
   targetFailures: number;
   /** Times the control channel connected. */
   controlConnects: number;
+  /** Pool dials started (retries included). */
+  dials: number;
   idle: number;
   capacity: number;
   interval: number;
@@ -115,6 +117,7 @@ export class Agent extends ErrorCountingEmitter {
   stats(): AgentStats {
     return {
       ...this.#stats,
+      dials: this.pool.stats().dials,
       open: this.#tunnels.size,
       idle: this.pool.Active(),
       capacity: this.pool.Capacity(),

@@ -66,6 +66,15 @@ export interface ClientPoolStats {
 
 type State = 'new' | 'running' | 'closed';
 
+/** Outcomes so far of the dials of one fill round. */
+interface DialRound {
+  successes: number;
+  failures: number;
+}
+
+/** Failures without a success after which a round stops retrying. */
+const OUTAGE_FAILURES = 3;
+
 /** Refusals that another attempt within the same round cannot change. */
 const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', 'ERR_POOL_FULL']);
 
@@ -238,7 +247,8 @@ export class ClientPool extends ErrorCountingEmitter {
         maxInterval: this.#maxInterval,
       });
     }
-    const outcomes = await Promise.allSettled(Array.from({ length: attempts }, () => this.#dialWithRetry()));
+    const round: DialRound = { successes: 0, failures: 0 };
+    const outcomes = await Promise.allSettled(Array.from({ length: attempts }, () => this.#dialWithRetry(round)));
     const successes = outcomes.filter((outcome) => outcome.status === 'fulfilled').length;
     if (this.#lifetime.signal.aborted) return;
     this.#capacity = nextCapacity({
@@ -252,9 +262,13 @@ export class ClientPool extends ErrorCountingEmitter {
     if (this.#lastRoundFailed) this.#interval = outageInterval(this.#interval, this.#minInterval, this.#maxInterval);
   }
 
-  #dialWithRetry(): Promise<void> {
-    return pRetry(() => this.#dial(), {
+  #dialWithRetry(round: DialRound): Promise<void> {
+    return pRetry(() => this.#dial(round), {
       retries: this.#dialRetries,
+      // Retries are for a blip in a healthy round. Once a round has failed
+      // repeatedly without a single success the relay is down: stop here, and
+      // let the next rounds probe it one dial at a time.
+      shouldRetry: () => round.successes > 0 || round.failures < OUTAGE_FAILURES,
       minTimeout: 100,
       maxTimeout: 1_000,
       randomize: true,
@@ -262,7 +276,7 @@ export class ClientPool extends ErrorCountingEmitter {
     });
   }
 
-  async #dial(): Promise<void> {
+  async #dial(round: DialRound): Promise<void> {
     this.#stats.dials++;
     const ws = new WebSocket(this.#url, {
       perMessageDeflate: false,
@@ -281,6 +295,7 @@ export class ClientPool extends ErrorCountingEmitter {
       conn = await receiveId(ws, this.#handshakeTimeoutMs);
     } catch (error) {
       if (this.#lifetime.signal.aborted) throw new AbortError('the pool closed');
+      round.failures++;
       this.#stats.dialFailures++;
       this.reportError(error as Error);
       throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
@@ -291,6 +306,7 @@ export class ClientPool extends ErrorCountingEmitter {
       conn.destroy();
       return;
     }
+    round.successes++;
     if (this.#keepAliveMs > 0) conn.setKeepAlive(true, this.#keepAliveMs);
     this.#admit(conn, pingable);
   }

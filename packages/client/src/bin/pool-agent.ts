@@ -46,7 +46,7 @@ function main(): void {
     () => agent.close(),
     () => {
       const s = agent.stats();
-      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.ErrorCount()}`;
+      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} dials=${s.dials} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );

@@ -57,7 +57,7 @@ async function main(): Promise<void> {
     () => relay.close(),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} errors=${relay.ErrorCount()}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} errors=${relay.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );
