@@ -47,16 +47,19 @@ export function pathOf(url: string | undefined): string {
 
 /**
  * Slowloris defence for the servers we create: a client gets `headersTimeout`
- * ms to send its request headers. Node checks that only every
+ * ms to finish its TLS handshake (Node's default is 120 s) and as long again
+ * to send its request headers. Node checks the headers deadline only every
  * `connectionsCheckingInterval` (30 s by default), so the check runs at least
  * four times per timeout, and at least once a second.
  */
 export function httpTimeouts(headersTimeout: number): {
+  handshakeTimeout: number;
   headersTimeout: number;
   requestTimeout: number;
   connectionsCheckingInterval: number;
 } {
   return {
+    handshakeTimeout: headersTimeout,
     headersTimeout,
     requestTimeout: headersTimeout * 2,
     connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(headersTimeout / 4))),

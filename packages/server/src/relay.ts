@@ -19,7 +19,7 @@ import { parseAllowlist, type Allowlist } from './allowlist.js';
 import { ServerPool, type ServerPoolOptions } from './server-pool.js';
 
 /** Options for {@link Relay}. */
-export interface RelayOptions extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'headersTimeout'> {
+export interface RelayOptions extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'headersTimeout' | 'maxPayload'> {
   /** Interface for the agents' port (pool and control). Default: all interfaces. */
   host?: string;
   /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */

@@ -56,7 +56,7 @@ export interface ServerPoolOptions {
   keepAlive?: number;
   /** Shared secret the client must present in the `x-pool-token` header; else 401. Default: none. */
   token?: string;
-  /** Time a client has to send its request headers, in ms (slowloris defence). Default: 10000. */
+  /** Time a client has for its TLS handshake, and again for its request headers, in ms (slowloris defence). Default: 10000. */
   headersTimeout?: number;
   /** Largest WebSocket message accepted, in bytes. Default: 16 MiB. */
   maxPayload?: number;

@@ -23,6 +23,8 @@ async function main(): Promise<void> {
       'max-cap': { type: 'string', description: 'most idle pooled connections', default: '100' },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
       'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000' },
+      'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000' },
+      'max-payload': { type: 'string', description: 'largest WebSocket message accepted, bytes', default: String(16 * 1024 * 1024) },
       'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
     },
   );
@@ -47,6 +49,8 @@ async function main(): Promise<void> {
     maxCap: numberFlag(flags, 'max-cap'),
     keepAlive: numberFlag(flags, 'keep-alive'),
     getTimeout: numberFlag(flags, 'get-timeout'),
+    headersTimeout: numberFlag(flags, 'headers-timeout'),
+    maxPayload: numberFlag(flags, 'max-payload'),
   });
   relay.on('agent', (up: boolean) => process.stdout.write(`${COMMAND} agent ${up ? 'connected' : 'disconnected'}\n`));
   await relay.start();
