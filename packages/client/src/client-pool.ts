@@ -23,6 +23,7 @@ import {
 } from '@pool/shared';
 import { nextCapacity, nextInterval, outageInterval } from './adapt.js';
 import { resolveRelayTarget, type TlsMode } from './server-address.js';
+import { TlsSessionCache } from './tls-session-cache.js';
 
 /** Options for {@link ClientPool}. */
 export interface ClientPoolOptions {
@@ -52,6 +53,11 @@ export interface ClientPoolOptions {
   dialRetries?: number;
   /** Largest WebSocket message accepted, in bytes. Default: 16 MiB. */
   maxPayload?: number;
+  /**
+   * Resume TLS sessions across dials (TLS 1.3 tickets): several times cheaper
+   * than a full handshake for both sides, with forward secrecy kept. Default: true.
+   */
+  tlsSessionReuse?: boolean;
 }
 
 /** Counters for what the manager has done; cheap to read at any time. */
@@ -99,6 +105,7 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #handshakeTimeoutMs: number;
   readonly #dialRetries: number;
   readonly #maxPayload: number;
+  readonly #tlsSessions: TlsSessionCache | undefined;
   readonly #idle: IdleConnections;
   readonly #claimWaiters = new Map<string, PendingGet<PoolConn>[]>();
   /** Aborts dials in flight and the sleep between rounds when the pool closes. */
@@ -128,6 +135,7 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#handshakeTimeoutMs = checkMs('handshakeTimeout', options.handshakeTimeout ?? 10_000, 1);
     this.#dialRetries = checkInt('dialRetries', options.dialRetries ?? 2, 0, 10);
     this.#maxPayload = checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1);
+    this.#tlsSessions = this.#tls && options.tlsSessionReuse !== false ? new TlsSessionCache() : undefined;
     this.#headers = {};
     if (this.#keepAliveMs > 0) this.#headers[KEEPALIVE_HEADER] = KEEPALIVE_VALUE;
     if (options.token !== undefined) this.#headers[TOKEN_HEADER] = options.token;
@@ -283,6 +291,7 @@ export class ClientPool extends ErrorCountingEmitter {
       headers: this.#headers,
       maxPayload: this.#maxPayload,
       ...this.#tls,
+      ...(this.#tlsSessions && { createConnection: this.#tlsSessions.createConnection }),
     });
     let pingable = false;
     ws.once('upgrade', (response: IncomingMessage) => {

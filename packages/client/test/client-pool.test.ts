@@ -159,6 +159,25 @@ describe('ClientPool: TLS modes', () => {
   });
 });
 
+describe('ClientPool: TLS session resumption', () => {
+  it.each([
+    [true, 'resumes the relay\'s TLS session on later dials'],
+    [false, 'does a full handshake every time when tlsSessionReuse is false'],
+  ])('%p: %s', async (reuse) => {
+    const { relay, port } = await startRelay({ tls: await selfSignedCert() });
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'insecure', minCap: 1, maxCap: 1, tlsSessionReuse: reuse });
+    const resumed: boolean[] = [];
+    for (let i = 0; i < 4; i++) {
+      const { agentEnd } = await claimPair(relay, agent);
+      resumed.push(agentEnd.isSessionReused());
+      expect(agentEnd.getProtocol()).toBe('TLSv1.3');
+    }
+    // The very first dial has no ticket yet; by the last one a ticket has arrived.
+    expect(resumed[0]).toBe(false);
+    expect(resumed.at(-1)).toBe(reuse);
+  });
+});
+
 describe('ClientPool: manager', () => {
   it('grows capacity while dials succeed and shrinks it while they fail', async () => {
     const { relay, port } = await startRelay();

@@ -119,6 +119,11 @@ export class PoolConn extends Duplex {
     return this.#socket instanceof TLSSocket ? this.#socket.getProtocol() : null;
   }
 
+  /** Whether the TLS handshake resumed an earlier session (false on a plain connection). */
+  isSessionReused(): boolean {
+    return this.#socket instanceof TLSSocket && this.#socket.isSessionReused();
+  }
+
   /**
    * Emits `'timeout'` after `ms` of socket inactivity (0 disables), as
    * `net.Socket#setTimeout` does; like there, nothing is closed for you.

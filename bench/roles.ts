@@ -1,0 +1,231 @@
+// Child-process side of the benchmark suite: `node roles.js <role> [json-args]`.
+// Each role reports over IPC. Relay, agent, raw servers and clients run as
+// separate processes so that each side's CPU and memory are its own.
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import WebSocket, { WebSocketServer, createWebSocketStream } from 'ws';
+import { ClientPool } from '@pool/client';
+import { ServerPool, generateDevCertificate, sendId, type PoolConn } from '@pool/server';
+import type { Duplex } from 'node:stream';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+export type Role = 'duplex-server' | 'relay' | 'agent' | 'raw-server' | 'raw-clients';
+export type DuplexMode = 'poolconn' | 'ws-send' | 'ws-stream' | 'raw-tls';
+export const DUPLEX_MODES: DuplexMode[] = ['poolconn', 'ws-send', 'ws-stream', 'raw-tls'];
+const CHUNK = 64 * 1024;
+
+export interface RoleMessage {
+  type: string;
+  [key: string]: unknown;
+}
+
+function send(message: RoleMessage): void {
+  process.send!(message);
+}
+
+/** Resident and heap memory after two GCs. */
+function memory(): { rss: number; heap: number } {
+  gc();
+  gc();
+  const { rss, heapUsed } = process.memoryUsage();
+  return { rss, heap: heapUsed };
+}
+
+/** A byte-stream adapter over each transport, so one send/count loop serves every mode. */
+interface Pipe {
+  write(chunk: Buffer): boolean;
+  onDrain(callback: () => void): void;
+  onData(callback: (length: number) => void): void;
+}
+
+function pipeOver(stream: Duplex): Pipe {
+  stream.on('error', () => {});
+  return {
+    write: (chunk) => stream.write(chunk),
+    onDrain: (callback) => stream.once('drain', callback),
+    onData: (callback) => stream.on('data', (data: Buffer) => callback(data.length)),
+  };
+}
+
+export function pipeOverWebSocket(ws: WebSocket): Pipe {
+  const socket = (ws as unknown as { _socket: Socket })._socket;
+  ws.on('error', () => {});
+  return {
+    // Raw ws as its users write it: send, and wait for the socket to drain when it asks.
+    write: (chunk) => {
+      ws.send(chunk, { binary: true });
+      return !socket.writableNeedDrain;
+    },
+    onDrain: (callback) => socket.once('drain', callback),
+    onData: (callback) => ws.on('message', (data: Buffer) => callback(data.length)),
+  };
+}
+
+/** Sends `total` bytes in 64 KiB writes and counts what arrives; resolves when `total` has arrived and all is sent. */
+export function sendAndCount(pipe: Pipe, total: number, onReceived?: () => void): Promise<void> {
+  const chunk = Buffer.alloc(CHUNK, 0x5a);
+  let received = 0;
+  const receivedAll = new Promise<void>((resolve) => {
+    pipe.onData((length) => {
+      received += length;
+      if (received >= total) {
+        onReceived?.();
+        resolve();
+      }
+    });
+  });
+  const sentAll = new Promise<void>((resolve) => {
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < total) {
+        sent += CHUNK;
+        if (!pipe.write(chunk)) return pipe.onDrain(pump);
+      }
+      resolve();
+    };
+    pump();
+  });
+  return Promise.all([receivedAll, sentAll]).then(() => undefined);
+}
+
+export function pipeFor(mode: DuplexMode, conn: Duplex | WebSocket): Pipe {
+  if (mode === 'ws-send') return pipeOverWebSocket(conn as WebSocket);
+  if (mode === 'ws-stream') return pipeOver(createWebSocketStream(conn as WebSocket));
+  return pipeOver(conn as Duplex);
+}
+
+/** One end of a duplex throughput run: sends `total` and reports when it has received `total`. */
+async function duplexServer({ mode, total }: { mode: DuplexMode; total: number }): Promise<void> {
+  const cert = await generateDevCertificate();
+  const tlsOptions = { ...cert, minVersion: 'TLSv1.3' as const };
+  const serve = (conn: Duplex | WebSocket): void => {
+    void sendAndCount(pipeFor(mode, conn), total, () => send({ type: 'received' }));
+  };
+  let address: AddressInfo;
+  if (mode === 'raw-tls') {
+    const server = createTlsServer(tlsOptions, serve);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    address = server.address() as AddressInfo;
+  } else {
+    const server = createHttpsServer(tlsOptions);
+    const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+    wss.on('connection', (ws) => serve(mode === 'poolconn' ? sendId(ws, '0000beef') : ws));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    address = server.address() as AddressInfo;
+  }
+  send({ type: 'ready', port: address.port });
+}
+
+/** The relay: a ServerPool. Commands: mem, count, gets (IncomingGet latency), cpu (CPU use over a window). */
+async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number }): Promise<void> {
+  const cert = await generateDevCertificate();
+  const pool = new ServerPool({ host: '127.0.0.1', tls: cert, maxCap, keepAlive });
+  const baseline = memory();
+  await pool.ServerManager();
+  const handedOut: PoolConn[] = [];
+  process.on('message', async (message: RoleMessage) => {
+    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: pool.Active() });
+    if (message.type === 'count') send({ type: 'count', active: pool.Active() });
+    if (message.type === 'gets') {
+      const latencies: number[] = [];
+      for (let i = 0; i < (message.count as number); i++) {
+        const started = process.hrtime.bigint();
+        const { conn } = await pool.IncomingGet(5_000);
+        latencies.push(Number(process.hrtime.bigint() - started) / 1_000);
+        handedOut.push(conn);
+        conn.on('error', () => {});
+      }
+      send({ type: 'gets', latencies });
+      for (const conn of handedOut.splice(0)) conn.destroy();
+    }
+    if (message.type === 'cpu') {
+      const before = process.cpuUsage();
+      await new Promise((resolve) => setTimeout(resolve, message.ms as number));
+      const used = process.cpuUsage(before);
+      send({ type: 'cpu', share: (used.user + used.system) / 1_000 / (message.ms as number) });
+    }
+  });
+  send({ type: 'ready', port: pool.address()!.port });
+}
+
+/** The agent: a ClientPool held at exactly `count` connections; reports when full. */
+async function agent({ port, count, reuse, keepAlive }: { port: number; count: number; reuse: boolean; keepAlive: number }): Promise<void> {
+  const baseline = memory();
+  const pool = new ClientPool({
+    server: `127.0.0.1:${port}`,
+    tls: 'insecure',
+    minCap: count,
+    maxCap: count,
+    minInterval: 0,
+    maxInterval: 100,
+    keepAlive,
+    tlsSessionReuse: reuse,
+    handshakeTimeout: 30_000,
+  });
+  pool.on('error', () => {});
+  const started = performance.now();
+  const samples: Array<{ t: number; idle: number; capacity: number; interval: number }> = [];
+  const sampler = setInterval(() => samples.push({ t: Math.round(performance.now() - started), idle: pool.Active(), capacity: pool.Capacity(), interval: pool.Interval() }), 20);
+  pool.ClientManager();
+  while (pool.Active() < count) await new Promise((resolve) => setTimeout(resolve, 2));
+  const fillMs = performance.now() - started;
+  clearInterval(sampler);
+  send({ type: 'full', fillMs, samples, dials: pool.stats().dials });
+  process.on('message', (message: RoleMessage) => {
+    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: pool.Active() });
+  });
+}
+
+/** A bare ws server over TLS that holds whatever connects: the memory baseline for the relay. */
+async function rawServer(): Promise<void> {
+  const cert = await generateDevCertificate();
+  const server = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  const baseline = memory();
+  wss.on('connection', (ws) => ws.on('error', () => {}));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  process.on('message', (message: RoleMessage) => {
+    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: wss.clients.size });
+  });
+  send({ type: 'ready', port: (server.address() as AddressInfo).port });
+}
+
+/** `count` bare wss clients, `concurrency` handshakes at a time: the handshake-rate and memory baseline for the agent. */
+async function rawClients({ port, count, concurrency }: { port: number; count: number; concurrency: number }): Promise<void> {
+  const baseline = memory();
+  const held: WebSocket[] = [];
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) {
+        next++;
+        const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { perMessageDeflate: false, rejectUnauthorized: false });
+        ws.on('error', () => {});
+        await new Promise((resolve) => ws.once('open', resolve));
+        held.push(ws);
+      }
+    }),
+  );
+  send({ type: 'full', fillMs: performance.now() - started });
+  process.on('message', (message: RoleMessage) => {
+    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: held.length });
+  });
+}
+
+const roles: Record<Role, (args: never) => Promise<void>> = {
+  'duplex-server': duplexServer,
+  relay,
+  agent,
+  'raw-server': rawServer,
+  'raw-clients': rawClients,
+};
+
+if (process.send && process.argv[2]) {
+  await roles[process.argv[2] as Role](JSON.parse(process.argv[3] ?? '{}') as never);
+}
