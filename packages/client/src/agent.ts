@@ -207,7 +207,8 @@ export class Agent extends ErrorCountingEmitter {
 
   #dialTarget(): Promise<Socket> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs });
+      // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
+      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs, noDelay: true });
       const fail = (error: Error): void => {
         socket.destroy();
         reject(error);

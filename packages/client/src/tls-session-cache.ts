@@ -15,15 +15,31 @@ import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 export class TlsSessionCache {
   #session: Buffer | undefined;
 
+  /** No ticket yet: the next dial will be a full handshake. */
+  get empty(): boolean {
+    return this.#session === undefined;
+  }
+
   readonly createConnection = (request: ClientRequestArgs): TLSSocket => {
     // ws hands over its request options, TLS options included.
     const options = { ...request, path: undefined } as ConnectionOptions & { host?: string };
     // As ws's own tlsConnect: SNI only for host names.
     if (!options.servername && options.servername !== '') options.servername = isIP(options.host ?? '') ? '' : options.host;
-    const socket = connect(this.#session ? { ...options, session: this.#session } : options);
-    socket.on('session', (session: Buffer) => {
+    const offered = this.#session;
+    const socket = connect(offered ? { ...options, session: offered } : options);
+    // Only ask for a ticket when we need one: with a 'session' listener Node
+    // serialises every ticket the relay sends (OpenSSL sends two per handshake),
+    // which costs more than resumption saves.
+    const keep = (session: Buffer): void => {
       this.#session = session;
-    });
+    };
+    if (offered === undefined) {
+      socket.once('session', keep);
+    } else {
+      socket.once('secureConnect', () => {
+        if (!socket.isSessionReused()) socket.once('session', keep); // the relay refused our ticket
+      });
+    }
     return socket;
   };
 }

@@ -107,7 +107,8 @@ export class Relay extends ErrorCountingEmitter {
       clientTracking: false,
       maxPayload: CONTROL_MAX_BYTES,
     });
-    this.#publicServer = createNetServer({ pauseOnConnect: true }, this.#onUser);
+    // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
+    this.#publicServer = createNetServer({ pauseOnConnect: true, noDelay: true }, this.#onUser);
   }
 
   /** Listens on both ports. Rejects with the listen error (EADDRINUSE, …). */

@@ -13,6 +13,13 @@ const CLOSE_GRACE_MS = 1_000;
  */
 export class IdleConnections {
   readonly #idleById = new Map<string, PoolConn>();
+  /**
+   * Arrival order for takeOldest. Iterating the Map from its start after many
+   * deletions walks the holes V8 leaves until it rehashes, so keep a queue;
+   * entries whose connection has gone are skipped lazily.
+   */
+  #arrivals: PoolConn[] = [];
+  #arrivalsHead = 0;
   readonly #sweeper: KeepAliveSweeper;
   readonly #onError: (error: Error, conn: PoolConn) => void;
   readonly #cleanupByConn = new Map<PoolConn, () => void>();
@@ -57,6 +64,9 @@ export class IdleConnections {
       conn.removeListener('transportClose', onTransportClose);
     });
     this.#idleById.set(conn.id, conn);
+    this.#arrivals.push(conn);
+    // Connections taken by ID leave stale entries behind: keep the queue within twice the pool.
+    if (this.#arrivals.length - this.#arrivalsHead > 2 * this.#idleById.size + 64) this.#compactArrivals(true);
     if (pingable) this.#sweeper.track(conn);
   }
 
@@ -72,11 +82,23 @@ export class IdleConnections {
 
   /** Removes and returns the longest-idle live connection, if there is one. */
   takeOldest(): PoolConn | undefined {
-    for (const id of this.#idleById.keys()) {
-      const conn = this.take(id);
-      if (conn) return conn;
+    while (this.#arrivalsHead < this.#arrivals.length) {
+      const candidate = this.#arrivals[this.#arrivalsHead++]!;
+      if (this.#idleById.get(candidate.id) !== candidate) continue; // taken or closed since
+      const conn = this.take(candidate.id);
+      if (conn) {
+        this.#compactArrivals();
+        return conn;
+      }
     }
+    this.#compactArrivals();
     return undefined;
+  }
+
+  #compactArrivals(force = false): void {
+    if (!force && this.#arrivalsHead < 1024 && this.#arrivalsHead * 2 < this.#arrivals.length) return;
+    this.#arrivals = this.#arrivals.slice(this.#arrivalsHead).filter((conn) => this.#idleById.get(conn.id) === conn);
+    this.#arrivalsHead = 0;
   }
 
   /**
@@ -87,6 +109,8 @@ export class IdleConnections {
   async closeAll(code = 1001): Promise<void> {
     const conns = [...this.#idleById.values()];
     for (const conn of conns) this.#remove(conn);
+    this.#arrivals = [];
+    this.#arrivalsHead = 0;
     await Promise.all(conns.map((conn) => closeWithin(conn, code, CLOSE_GRACE_MS)));
   }
 

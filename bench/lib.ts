@@ -1,0 +1,54 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Role, RoleMessage } from './roles.js';
+
+const ROLES = fileURLToPath(new URL('./roles.js', import.meta.url));
+const children = new Set<ChildProcess>();
+
+/** A role in its own process; `next(type)` resolves with its next message of that type. */
+export class RoleProcess {
+  readonly child: ChildProcess;
+  readonly #queued: RoleMessage[] = [];
+  readonly #waiting: Array<{ type: string; resolve: (message: RoleMessage) => void }> = [];
+
+  constructor(role: Role, args: object = {}) {
+    this.child = fork(ROLES, [role, JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    children.add(this.child);
+    this.child.once('exit', () => children.delete(this.child));
+    this.child.on('message', (message: RoleMessage) => {
+      const index = this.#waiting.findIndex((w) => w.type === message.type);
+      if (index === -1) this.#queued.push(message);
+      else this.#waiting.splice(index, 1)[0]!.resolve(message);
+    });
+  }
+
+  next<T extends RoleMessage>(type: string): Promise<T> {
+    const index = this.#queued.findIndex((m) => m.type === type);
+    if (index !== -1) return Promise.resolve(this.#queued.splice(index, 1)[0] as T);
+    return new Promise((resolve) => this.#waiting.push({ type, resolve: resolve as (m: RoleMessage) => void }));
+  }
+
+  async ask<T extends RoleMessage>(message: RoleMessage): Promise<T> {
+    this.child.send(message);
+    return this.next<T>(message.type);
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+export function killAll(): void {
+  for (const child of children) child.kill('SIGKILL');
+}
+
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+}
+
+export function median(values: number[]): number {
+  return percentile(values, 0.5);
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,128 @@
+// The benchmark suite: `npx -y pnpm@10 bench` (full) or `npx -y pnpm@10 bench -- --quick`.
+// Relay, agent and baselines run as separate processes on loopback; every figure
+// is reported next to its baseline measured in the same run, as a ratio.
+// Writes bench/results/results.{json,md} and bench/results/chart.svg.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { killAll } from './lib.js';
+import { duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type MemoryRow } from './measure.js';
+import { barChart, document, lineChart } from './svg.js';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
+const quick = values.quick;
+const wanted = (name: string): boolean => values.only === undefined || values.only.split(',').includes(name);
+const sizes = quick
+  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2 }
+  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5 };
+
+interface Check {
+  figure: string;
+  ours: string;
+  baseline: string;
+  ratio: number | undefined;
+  target: string;
+  met: boolean;
+}
+
+const checks: Check[] = [];
+const results: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, quick, sizes };
+const check = (figure: string, ours: string, baseline: string, ratio: number | undefined, target: string, met: boolean): void => {
+  checks.push({ figure, ours, baseline, ratio, target, met });
+  console.log(`${met ? 'MET   ' : 'MISSED'} ${figure}: ${ours} vs ${baseline}${ratio === undefined ? '' : ` (x${ratio.toFixed(2)})`}, target ${target}`);
+};
+const kib = (bytes: number): string => `${(bytes / 1024).toFixed(1)} KiB`;
+
+async function main(): Promise<void> {
+  let duplex: Record<string, number> | undefined;
+  let fill: Awaited<ReturnType<typeof fillRate>> | undefined;
+
+  if (wanted('duplex')) {
+    console.log(`1. duplex throughput, ${sizes.duplexBytes / 2 ** 20} MiB each way, ${sizes.rounds} round(s)`);
+    duplex = await duplexThroughput(sizes.duplexBytes, sizes.rounds);
+    results.duplexMBpsEachWay = duplex;
+    check('PoolConn duplex throughput', `${duplex.poolconn!.toFixed(0)} MB/s`, `raw ws ${duplex['ws-send']!.toFixed(0)} MB/s`, duplex.poolconn! / duplex['ws-send']!, '>= 0.95 x raw ws', duplex.poolconn! >= 0.95 * duplex['ws-send']!);
+  }
+  if (wanted('fill')) {
+    console.log(`2. pool fill rate, ${sizes.fill} connections`);
+    fill = await fillRate(sizes.fill);
+    results.fill = { ...fill, samples: undefined };
+    check('pool fill rate', `${fill.poolPerSecond.toFixed(0)} conn/s`, `full handshakes ${fill.rawConcurrentPerSecond.toFixed(0)} conn/s at concurrency 32 (${fill.rawSequentialPerSecond.toFixed(0)} sequential)`, fill.poolPerSecond / fill.rawConcurrentPerSecond, '>= 2 x full-handshake rate', fill.poolPerSecond >= 2 * fill.rawConcurrentPerSecond);
+    check('pool fill rate without TLS resumption', `${fill.poolNoResumptionPerSecond.toFixed(0)} conn/s`, `with resumption ${fill.poolPerSecond.toFixed(0)} conn/s`, fill.poolNoResumptionPerSecond / fill.poolPerSecond, 'for reference', true);
+  }
+  if (wanted('gets')) {
+    console.log(`3. get latency, ${sizes.gets} gets`);
+    const gets = await getLatency(sizes.gets);
+    results.gets = gets;
+    check('IncomingGet on a warm pool, p99', `${gets.incomingP99.toFixed(1)} us (p50 ${gets.incomingP50.toFixed(1)})`, 'npws polls', undefined, '<= 50 us', gets.incomingP99 <= 50);
+    check('OutgoingGet before its ID arrives, arrival to resolve, p99', `${(gets.outgoingP99 / 1000).toFixed(3)} ms (p50 ${(gets.outgoingP50 / 1000).toFixed(3)})`, 'npws: up to 50 ms (polls)', undefined, '< 1 ms', gets.outgoingP99 < 1_000);
+  }
+  if (wanted('memory')) {
+    const rows: MemoryRow[] = [];
+    for (const count of sizes.memory) {
+      console.log(`4. memory at ${count} idle connections`);
+      const row = await memoryPerConnection(count);
+      rows.push(row);
+      check(`relay RSS per idle connection at ${count}`, kib(row.relayRssPerConn), `raw ws server ${kib(row.rawServerRssPerConn)}`, row.relayRssPerConn / row.rawServerRssPerConn, '<= 1.1 x raw ws', row.relayRssPerConn <= 1.1 * row.rawServerRssPerConn);
+      check(`agent RSS per idle connection at ${count}`, kib(row.agentRssPerConn), `raw ws client ${kib(row.rawClientRssPerConn)}`, row.agentRssPerConn / row.rawClientRssPerConn, '<= 1.1 x raw ws', row.agentRssPerConn <= 1.1 * row.rawClientRssPerConn);
+      check(`relay heap per idle connection at ${count}`, kib(row.relayHeapPerConn), `raw ws server ${kib(row.rawServerHeapPerConn)}`, row.relayHeapPerConn / row.rawServerHeapPerConn, '<= 1.1 x raw ws', row.relayHeapPerConn <= 1.1 * row.rawServerHeapPerConn);
+      check(`agent heap per idle connection at ${count}`, kib(row.agentHeapPerConn), `raw ws client ${kib(row.rawClientHeapPerConn)}`, row.agentHeapPerConn / row.rawClientHeapPerConn, '<= 1.1 x raw ws', row.agentHeapPerConn <= 1.1 * row.rawClientHeapPerConn);
+    }
+    results.memory = rows;
+  }
+  if (wanted('scale')) {
+    console.log(`5. scale: ${sizes.scale} idle connections`);
+    // Full runs measure at the 30 s default over a whole period; quick runs at 2 s, projected.
+    const keepAliveMs = quick ? 2_000 : 30_000;
+    const result = await scale(sizes.scale, keepAliveMs);
+    results.scale = { ...result, keepAliveMs };
+    const atDefault = (result.keepAliveCpuShare * keepAliveMs) / 30_000;
+    check(`relay keep-alive CPU holding ${sizes.scale} idle (keepAlive 30 s)`, `${(atDefault * 100).toFixed(2)}% of a core${quick ? ` (projected from ${(result.keepAliveCpuShare * 100).toFixed(2)}% at 2 s)` : ''}`, 'one core', undefined, '< 5% of a core', atDefault < 0.05);
+    check(`IncomingGet p99 holding ${sizes.scale}`, `${(result.incomingP99 / 1000).toFixed(3)} ms`, '-', undefined, '< 5 ms', result.incomingP99 < 5_000);
+  }
+  if (wanted('tunnel')) {
+    console.log('6. through the tunnel');
+    const tunnel = await throughTunnel(sizes.bulk, sizes.httpSeconds);
+    results.tunnel = tunnel;
+    const rawWs = duplex?.['ws-send'];
+    if (rawWs !== undefined) check('tunnel bulk throughput (one way)', `${tunnel.bulkMBps.toFixed(0)} MB/s`, `raw ws single leg ${rawWs.toFixed(0)} MB/s each way`, tunnel.bulkMBps / rawWs, '>= 0.8 x raw ws', tunnel.bulkMBps >= 0.8 * rawWs);
+    check('HTTP requests/s, 50 keep-alive users', `${tunnel.tunnelRps.toFixed(0)} req/s`, `direct ${tunnel.directRps.toFixed(0)} req/s`, tunnel.tunnelRps / tunnel.directRps, '>= 0.5 x direct', tunnel.tunnelRps >= 0.5 * tunnel.directRps);
+    check('p99 latency the tunnel adds', `${(tunnel.tunnelP99 - tunnel.directP99).toFixed(2)} ms`, `direct p99 ${tunnel.directP99.toFixed(2)} ms`, undefined, 'reported', true);
+  }
+
+  const out = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+  mkdirSync(out, { recursive: true });
+  results.checks = checks;
+  writeFileSync(`${out}results.json`, `${JSON.stringify(results, null, 2)}\n`);
+  const table = ['| figure | ours | baseline (same run) | ratio | target | |', '|---|---|---|---:|---|---|'];
+  for (const c of checks) table.push(`| ${c.figure} | ${c.ours} | ${c.baseline} | ${c.ratio === undefined ? '' : c.ratio.toFixed(2)} | ${c.target} | ${c.met ? 'met' : '**missed**'} |`);
+  writeFileSync(`${out}results.md`, `${table.join('\n')}\n`);
+
+  let body = '';
+  let height = 20;
+  if (duplex) {
+    const bars = barChart('Duplex throughput, each way (MB/s)', 'MB/s', Object.entries(duplex).map(([label, value]) => ({ label, value })), 20, height, 760);
+    body += bars.svg;
+    height += bars.height;
+  }
+  if (fill) {
+    const t = fill.samples.map((s) => s.t);
+    body += `\n${lineChart(`Agent filling ${sizes.fill} connections: idle and capacity over time`, 'ms', [
+      { label: 'idle', color: '#2b6cb0', points: fill.samples.map((s, i) => [t[i]!, s.idle]) },
+      { label: 'capacity', color: '#c05621', points: fill.samples.map((s, i) => [t[i]!, s.capacity]) },
+    ], 20, height, 760, 260)}`;
+    height += 270;
+  }
+  writeFileSync(`${out}chart.svg`, document(800, height, body));
+  console.log(`\n${table.join('\n')}\n\nwritten: bench/results/results.json, results.md, chart.svg`);
+}
+
+main()
+  .catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  })
+  .finally(() => {
+    killAll();
+    process.exit();
+  });
