@@ -204,7 +204,8 @@ export async function scale(count: number, keepAliveMs: number): Promise<{ fillS
   const { port } = await relay.next<{ type: 'ready'; port: number }>('ready');
   const agent = new RoleProcess('agent', { port, count, reuse: true, keepAlive: keepAliveMs });
   const { fillMs } = await agent.next<{ type: 'full'; fillMs: number }>('full');
-  await sleep(1_000);
+  // Let the fill's aftermath (major GCs over the new heap) settle: this measures holding, not filling.
+  await sleep(5_000);
   // One whole keep-alive period (and a bit): every idle connection pinged once.
   const { share } = await relay.ask<{ type: 'cpu'; share: number }>({ type: 'cpu', ms: keepAliveMs + 1_000 });
   const incoming = await incomingGets(relay, 1, 1_000, count);

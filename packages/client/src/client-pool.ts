@@ -152,7 +152,7 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#capacity = this.#minCap;
     this.#interval = this.#minInterval;
     this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError);
-    // Every dial in flight (and its p-retry) listens for the abort: up to maxCap at once, by design.
+    // Every dial in flight (and its p-retry) listens for the abort: up to dialConcurrency at once, by design.
     setMaxListeners(0, this.#lifetime.signal);
   }
 
@@ -253,10 +253,9 @@ export class ClientPool extends ErrorCountingEmitter {
   async #fillRound(): Promise<void> {
     const idle = this.#idle.size;
     const wanted = Math.max(0, this.#capacity - idle);
-    const inOutage = this.#stats.rounds > 0 && this.#lastRoundFailed;
     // During an outage one probe per round finds out whether the relay is back.
-    const attempts = inOutage ? Math.min(1, wanted) : wanted;
-    if (!inOutage) {
+    const attempts = this.#lastRoundFailed ? Math.min(1, wanted) : wanted;
+    if (!this.#lastRoundFailed) {
       this.#interval = nextInterval({
         idle,
         capacity: this.#capacity,
@@ -279,16 +278,15 @@ export class ClientPool extends ErrorCountingEmitter {
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.#dialConcurrency, attempts) }, dialer));
-    const successes = round.successes;
     if (this.#lifetime.signal.aborted) return;
     this.#capacity = nextCapacity({
-      successes,
+      successes: round.successes,
       attempts,
       capacity: this.#capacity,
       minCap: this.#minCap,
       maxCap: this.#maxCap,
     });
-    this.#lastRoundFailed = attempts > 0 && successes === 0;
+    this.#lastRoundFailed = attempts > 0 && round.successes === 0;
     if (this.#lastRoundFailed) this.#interval = outageInterval(this.#interval, this.#minInterval, this.#maxInterval);
   }
 

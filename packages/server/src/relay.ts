@@ -14,7 +14,7 @@ import {
   encodeControl,
   splice,
 } from '@pool/shared';
-import { httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
+import { HeadersDeadline, httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 import { ServerPool, type ServerPoolOptions } from './server-pool.js';
 
@@ -69,6 +69,7 @@ export interface RelayStats {
 export class Relay extends ErrorCountingEmitter {
   readonly pool: ServerPool;
   readonly #server: Server;
+  readonly #headersDeadline: HeadersDeadline;
   readonly #publicServer: NetServer;
   readonly #controlWss: WebSocketServer;
   readonly #allowlist: Allowlist;
@@ -99,6 +100,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#server = options.tls
       ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);
+    this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
     this.pool = new ServerPool({ ...options, server: this.#server });
     this.pool.on('error', this.reportError);
     this.#controlWss = new WebSocketServer({
@@ -160,6 +162,7 @@ export class Relay extends ErrorCountingEmitter {
   }
 
   readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    this.#headersDeadline.met(socket);
     const path = pathOf(request.url);
     if (path === '/') return; // the pool's
     socket.on('error', this.reportError);
@@ -212,8 +215,7 @@ export class Relay extends ErrorCountingEmitter {
   };
 
   async #tunnel(user: Socket): Promise<void> {
-    const control = this.#control;
-    if (!control) {
+    if (!this.#control) {
       this.#stats.noAgent++;
       user.destroy();
       return;
@@ -231,8 +233,12 @@ export class Relay extends ErrorCountingEmitter {
     } finally {
       user.removeListener('close', abort);
     }
-    if (user.destroyed) {
+    // The control channel of now, not of before the wait: the agent may have reconnected meanwhile.
+    const control = this.#control;
+    if (user.destroyed || !control) {
+      if (!control) this.#stats.noAgent++;
       incoming.conn.destroy();
+      user.destroy();
       return;
     }
     // Bytes the user sends before the agent claims its end are kept in that end for it.
@@ -243,7 +249,8 @@ export class Relay extends ErrorCountingEmitter {
     this.emit('tunnel', { error });
   }
 
-  readonly #onPlainRequest = (_request: IncomingMessage, response: ServerResponse): void => {
+  readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {
+    this.#headersDeadline.met(request.socket);
     response.writeHead(426, { 'Content-Type': 'text/plain', 'Content-Length': 0, Connection: 'close' });
     response.end();
   };

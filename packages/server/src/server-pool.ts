@@ -19,7 +19,7 @@ import {
   type GetOptions,
   type PoolConn,
 } from '@pool/shared';
-import { httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
+import { HeadersDeadline, httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 
 /** Options for {@link ServerPool}. */
@@ -87,6 +87,8 @@ export class ServerPool extends ErrorCountingEmitter {
   readonly #listen: { host: string | undefined; port: number };
   readonly #ownsServer: boolean;
   readonly #server: Server;
+  /** Only on a server we created: an attached server's owner sets its own limits. */
+  readonly #headersDeadline: HeadersDeadline | undefined;
   readonly #wss: WebSocketServer;
   readonly #idle: IdleConnections;
   /** Every open connection's ID, idle or handed out: new IDs must avoid all of them. */
@@ -116,6 +118,7 @@ export class ServerPool extends ErrorCountingEmitter {
       (options.tls
         ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
         : createHttpServer(serverOptions));
+    this.#headersDeadline = this.#ownsServer ? new HeadersDeadline(this.#server, headersTimeout) : undefined;
     this.#wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
@@ -219,6 +222,7 @@ export class ServerPool extends ErrorCountingEmitter {
   }
 
   readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    this.#headersDeadline?.met(socket);
     socket.on('error', this.reportError);
     if (pathOf(request.url) !== '/') {
       // Another listener on a shared server may own this path.
@@ -275,6 +279,7 @@ export class ServerPool extends ErrorCountingEmitter {
   };
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {
+    this.#headersDeadline?.met(request.socket);
     const [status, body] = pathOf(request.url) === '/' ? [426, 'this endpoint speaks WebSocket only'] : [404, 'not found'];
     response.writeHead(status, {
       'Content-Type': 'text/plain',

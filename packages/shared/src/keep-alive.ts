@@ -5,16 +5,20 @@ import type { PoolConn } from './pool-conn.js';
  * Pong-based liveness for a pool's idle connections, with one timer per pool
  * rather than one per connection (10,000 idle connections cost one sweep).
  *
- * Each sweep pings every tracked connection; one that has not answered the
- * previous sweep's ping (a whole period) is destroyed with
- * `ERR_KEEPALIVE_TIMEOUT`. A dead peer is therefore caught within one to two
- * periods. Only track connections whose peer negotiated keep-alive: a Go npws
+ * Each sweep pings every tracked connection the peer has not itself pinged
+ * since the last sweep; one that has not answered the previous sweep's ping
+ * (a whole period) is destroyed with `ERR_KEEPALIVE_TIMEOUT`. A dead peer is
+ * therefore caught within one to two periods, and when both ends sweep, each
+ * connection carries about one ping per period instead of two. Only track connections whose peer negotiated keep-alive: a Go npws
  * peer does not answer pings on idle connections.
  */
 export class KeepAliveSweeper {
   readonly #periodMs: number;
-  /** For each tracked connection, whether it still owes a pong, and the listener that clears that. */
-  readonly #pongOwedByConn = new Map<PoolConn, { owed: boolean; onPong: () => void }>();
+  /**
+   * For each tracked connection: whether it owes a pong, whether the peer
+   * pinged us since the last sweep, and the listener that records both.
+   */
+  readonly #pongOwedByConn = new Map<PoolConn, { owed: boolean; heard: boolean; onHeard: (data: Buffer) => void }>();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(periodMs: number) {
@@ -27,8 +31,17 @@ export class KeepAliveSweeper {
 
   track(conn: PoolConn): void {
     if (this.#pongOwedByConn.has(conn)) return;
-    const entry = { owed: false, onPong: () => { entry.owed = false; } };
-    conn.webSocket.on('pong', entry.onPong);
+    const entry = {
+      owed: false,
+      heard: false,
+      onHeard: () => {
+        entry.owed = false;
+        entry.heard = true;
+      },
+    };
+    // A pong answers our ping; a ping from the peer proves the path alive just as well.
+    conn.webSocket.on('pong', entry.onHeard);
+    conn.webSocket.on('ping', entry.onHeard);
     this.#pongOwedByConn.set(conn, entry);
     if (this.#timer === undefined) {
       // Unref'd: liveness checks alone must never keep a process alive.
@@ -39,7 +52,8 @@ export class KeepAliveSweeper {
   untrack(conn: PoolConn): void {
     const entry = this.#pongOwedByConn.get(conn);
     if (entry === undefined) return;
-    conn.webSocket.removeListener('pong', entry.onPong);
+    conn.webSocket.removeListener('pong', entry.onHeard);
+    conn.webSocket.removeListener('ping', entry.onHeard);
     this.#pongOwedByConn.delete(conn);
     if (this.#pongOwedByConn.size === 0) this.#stopTimer();
   }
@@ -60,6 +74,9 @@ export class KeepAliveSweeper {
       if (entry.owed) {
         this.untrack(conn);
         conn.destroy(new KeepAliveTimeoutError(this.#periodMs));
+      } else if (entry.heard) {
+        // Both ends sweep; when the peer's ping came first ours would only double the traffic.
+        entry.heard = false;
       } else if (conn.transportOpen) {
         entry.owed = true;
         conn.webSocket.ping();

@@ -25,6 +25,23 @@ describe('KeepAliveSweeper', () => {
     expect(sweeper.size).toBe(1);
   });
 
+  it('skips its own ping when the peer pinged first, and still keeps the connection', async () => {
+    pair = await connPair({ tls: false });
+    sweeper = new KeepAliveSweeper(100);
+    sweeper.track(pair.client);
+    let ourPings = 0;
+    pair.server.webSocket.on('ping', () => ourPings++);
+    // The peer pings every 40 ms: more often than our sweep.
+    const peerPinger = setInterval(() => pair!.server.webSocket.ping(), 40);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 550));
+    } finally {
+      clearInterval(peerPinger);
+    }
+    expect(ourPings).toBe(0);
+    expect(pair.client.destroyed).toBe(false);
+  });
+
   it('destroys a connection that misses a pong for a whole period, within two periods', async () => {
     pair = await connPair({ tls: false });
     // A peer that reads nothing answers no pings (as a Go npws idle connection).
