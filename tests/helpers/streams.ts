@@ -13,11 +13,31 @@ export async function hashStream(stream: Readable): Promise<{ sha256: string; by
   return { sha256: hash.digest('hex'), bytes };
 }
 
+/** Reads exactly `total` bytes (without ending the stream) and returns their SHA-256. */
+export function hashExactly(stream: Readable, total: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let received = 0;
+    const onData = (chunk: Buffer): void => {
+      hash.update(chunk);
+      received += chunk.length;
+      if (received >= total) {
+        stream.removeListener('data', onData);
+        resolve(hash.digest('hex'));
+      }
+    };
+    stream.on('data', onData);
+    stream.once('error', reject);
+    stream.once('end', () => reject(new Error(`ended after ${received} of ${total} bytes`)));
+  });
+}
+
 /**
  * Writes `total` pseudo-random bytes in chunks of `chunkSize` (respecting
- * backpressure), ends the stream, and returns the SHA-256 of what was written.
+ * backpressure), ends the stream unless `end` is false, and returns the SHA-256
+ * of what was written.
  */
-export async function writeRandom(stream: Writable, total: number, chunkSize = 64 * 1024): Promise<string> {
+export async function writeRandom(stream: Writable, total: number, chunkSize = 64 * 1024, end = true): Promise<string> {
   const hash = createHash('sha256');
   // One random block reused with a varying counter: random enough to catch
   // reordering, cheap enough to move hundreds of MiB.
@@ -32,7 +52,7 @@ export async function writeRandom(stream: Writable, total: number, chunkSize = 6
     written += size;
     if (!stream.write(chunk)) await once(stream, 'drain');
   }
-  stream.end();
+  if (end) stream.end();
   return hash.digest('hex');
 }
 

@@ -64,7 +64,8 @@ export function httpTimeouts(headersTimeout: number): { handshakeTimeout: number
  * from the 'request' and 'upgrade' handlers.
  */
 export class HeadersDeadline {
-  readonly #timers = new WeakMap<Duplex, NodeJS.Timeout>();
+  /** Connections still owing their headers; none stays longer than `ms`. */
+  readonly #timers = new Map<Duplex, NodeJS.Timeout>();
   readonly #ms: number;
 
   constructor(server: Server, ms: number) {
@@ -78,10 +79,19 @@ export class HeadersDeadline {
     this.#timers.delete(socket);
   }
 
+  /** Destroys every connection that has not sent its headers yet (the server is closing). */
+  close(): void {
+    for (const [socket, timer] of this.#timers) {
+      clearTimeout(timer);
+      socket.destroy();
+    }
+    this.#timers.clear();
+  }
+
   readonly #arm = (socket: Duplex): void => {
     const timer = setTimeout(() => socket.destroy(), this.#ms);
     this.#timers.set(socket, timer);
-    socket.once('close', () => clearTimeout(timer));
+    socket.once('close', () => this.met(socket));
   };
 }
 

@@ -155,6 +155,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#server.removeListener('upgrade', this.#onUpgrade);
     this.#server.close();
     this.#server.closeIdleConnections();
+    this.#headersDeadline.close();
     this.#control?.ws.close(1001);
     await this.pool.Close();
     for (const socket of this.#userSockets) socket.destroy();

@@ -215,6 +215,7 @@ export class ServerPool extends ErrorCountingEmitter {
       // Not awaiting 'close': it waits for every socket, handed-out ones included.
       if (this.#server.listening) this.#server.close();
       this.#server.closeIdleConnections();
+      this.#headersDeadline?.close();
     }
     await this.#idle.closeAll();
     this.#idle.close();

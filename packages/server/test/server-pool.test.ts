@@ -337,6 +337,23 @@ describe('ServerPool: lifecycle', () => {
     expect(await handlesAbove(baseline)).toEqual([]);
   });
 
+  it('Close() also ends connections still sending their headers, and leaves no handle', async () => {
+    await sleep(100);
+    const baseline = activeHandles();
+    const { pool, port } = await startPool({ headersTimeout: 60_000 });
+    const slow = connect(port, '127.0.0.1');
+    slow.on('error', () => {});
+    slow.resume();
+    slow.write('GET / HTTP/1.1\r\nHost: x\r\n');
+    await new Promise((resolve) => slow.once('connect', resolve));
+    await sleep(50);
+    const started = Date.now();
+    await pool.Close();
+    await closed(slow);
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(await handlesAbove(baseline)).toEqual([]);
+  });
+
   it('Flush() closes idle connections only', async () => {
     const { pool, url } = await startPool();
     await dial(url);
