@@ -52,7 +52,7 @@ function pipeOver(stream: Duplex): Pipe {
   };
 }
 
-export function pipeOverWebSocket(ws: WebSocket): Pipe {
+function pipeOverWebSocket(ws: WebSocket): Pipe {
   const socket = (ws as unknown as { _socket: Socket })._socket;
   ws.on('error', () => {});
   return {

@@ -37,14 +37,6 @@ export class IdleConnections {
     return this.#idleById.size;
   }
 
-  has(id: string): boolean {
-    return this.#idleById.has(id);
-  }
-
-  ids(): IterableIterator<string> {
-    return this.#idleById.keys();
-  }
-
   /**
    * Adds a connection. `pingable`: the peer negotiated pong-based keep-alive.
    * A connection with the ID of one already here replaces it (the old one is
