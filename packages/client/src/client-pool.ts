@@ -17,8 +17,9 @@ import {
   checkMs,
   checkOrdered,
   parseId,
-  receiveId,
+  receiveIdle,
   type GetOptions,
+  type IdleSocket,
   type PoolConn,
 } from '@pool/shared';
 import { nextCapacity, nextInterval, outageInterval } from './adapt.js';
@@ -319,9 +320,9 @@ export class ClientPool extends ErrorCountingEmitter {
     });
     const abort = (): void => ws.terminate();
     this.#lifetime.signal.addEventListener('abort', abort);
-    let conn: PoolConn;
+    let socket: IdleSocket;
     try {
-      conn = await receiveId(ws, this.#handshakeTimeoutMs);
+      socket = await receiveIdle(ws, this.#handshakeTimeoutMs);
     } catch (error) {
       if (this.#lifetime.signal.aborted) throw new AbortError('the pool closed');
       round.failures++;
@@ -332,28 +333,27 @@ export class ClientPool extends ErrorCountingEmitter {
       this.#lifetime.signal.removeEventListener('abort', abort);
     }
     if (this.#lifetime.signal.aborted) {
-      conn.destroy();
+      socket.destroy();
       return;
     }
     round.successes++;
-    if (this.#keepAliveMs > 0) conn.setKeepAlive(true, this.#keepAliveMs);
-    this.#admit(conn, pingable);
+    if (this.#keepAliveMs > 0) socket.setKeepAlive(true, this.#keepAliveMs);
+    this.#admit(socket, pingable);
   }
 
-  #admit(conn: PoolConn, pingable: boolean): void {
-    const waiters = this.#claimWaiters.get(conn.id);
-    if (waiters) {
-      for (let get = waiters.shift(); get; get = waiters.shift()) {
-        if (get.resolve(this.#leased(conn))) {
-          if (waiters.length === 0) this.#claimWaiters.delete(conn.id);
-          this.emit('connection', conn.id);
-          return;
-        }
-      }
-      this.#claimWaiters.delete(conn.id);
+  #admit(socket: IdleSocket, pingable: boolean): void {
+    const { id } = socket;
+    const waiters = this.#claimWaiters.get(id);
+    const waiter = waiters?.find((get) => !get.settled);
+    if (waiters && waiter) {
+      waiters.splice(0, waiters.indexOf(waiter) + 1);
+      if (waiters.length === 0) this.#claimWaiters.delete(id);
+      waiter.resolve(this.#leased(socket.claim()));
+    } else {
+      this.#claimWaiters.delete(id);
+      this.#idle.add(socket, pingable);
     }
-    this.#idle.add(conn, pingable);
-    this.emit('connection', conn.id);
+    this.emit('connection', id);
   }
 
   #leased(conn: PoolConn): PoolConn {

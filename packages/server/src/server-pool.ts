@@ -8,16 +8,17 @@ import {
   ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
+  IdleSocket,
   KEEPALIVE_HEADER,
   KEEPALIVE_VALUE,
   PendingGet,
   PoolClosedError,
   checkInt,
   checkMs,
+  PoolConn,
   generateId,
-  sendId,
+  sendIdFrame,
   type GetOptions,
-  type PoolConn,
 } from '@pool/shared';
 import { HeadersDeadline, httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
@@ -126,7 +127,7 @@ export class ServerPool extends ErrorCountingEmitter {
       maxPayload: checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1),
     });
     this.#wss.on('headers', this.#confirmKeepAlive);
-    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError);
+    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError, (id) => this.#liveIds.delete(id));
   }
 
   /** Starts listening (or attaches to `server`). Resolves once connections are accepted. Idempotent. */
@@ -166,7 +167,7 @@ export class ServerPool extends ErrorCountingEmitter {
     checkMs('timeoutMs', timeoutMs);
     if (this.#state === 'closed') throw new PoolClosedError();
     const conn = this.#idle.takeOldest();
-    if (conn) return { id: conn.id, conn };
+    if (conn) return this.#leased(conn);
     const get: PendingGet<IncomingConnection> = new PendingGet(timeoutMs, options, () => {
       this.#incomingWaiters.splice(this.#incomingWaiters.indexOf(get), 1);
     });
@@ -254,20 +255,28 @@ export class ServerPool extends ErrorCountingEmitter {
       return;
     }
     const id = generateId((candidate) => this.#liveIds.has(candidate));
-    const conn = sendId(ws, id);
+    sendIdFrame(ws, id);
     this.#liveIds.add(id);
-    conn.once('transportClose', () => this.#liveIds.delete(id));
-    if (this.#keepAliveMs > 0) conn.setKeepAlive(true, this.#keepAliveMs);
 
-    for (let get = this.#incomingWaiters.shift(); get; get = this.#incomingWaiters.shift()) {
-      if (get.resolve({ id, conn })) {
-        this.emit('connection', id);
-        return;
-      }
+    const waiter = this.#incomingWaiters.find((get) => !get.settled);
+    if (waiter) {
+      this.#incomingWaiters.splice(0, this.#incomingWaiters.indexOf(waiter) + 1);
+      waiter.resolve(this.#leased(new PoolConn(ws, id)));
+    } else {
+      const socket = new IdleSocket(ws, id);
+      if (this.#keepAliveMs > 0) socket.setKeepAlive(true, this.#keepAliveMs);
+      this.#idle.add(socket, this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
     }
-    this.#idle.add(conn, this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
     this.emit('connection', id);
   }
+
+  /** A connection leaves the pool: its ID stays taken until its WebSocket closes. */
+  #leased(conn: PoolConn): IncomingConnection {
+    if (this.#keepAliveMs > 0) conn.setKeepAlive(true, this.#keepAliveMs);
+    conn.once('transportClose', () => this.#liveIds.delete(conn.id));
+    return { id: conn.id, conn };
+  }
+
 
   #peerNegotiatedKeepAlive(request: IncomingMessage): boolean {
     return request.headers[KEEPALIVE_HEADER] === KEEPALIVE_VALUE;

@@ -11,6 +11,7 @@ import {
   UpgradeRejectedError,
 } from './errors.js';
 import { ID_BYTES, idToBytes, parseId } from './id.js';
+import { IdleSocket } from './idle-socket.js';
 import { PoolConn, type PoolConnOptions } from './pool-conn.js';
 import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
 
@@ -20,8 +21,13 @@ import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
  * the socket. Anything written to the returned PoolConn goes out after the ID.
  */
 export function sendId(ws: WebSocket, id: string, options?: PoolConnOptions): PoolConn {
-  ws.send(idToBytes(id), { binary: true, compress: false, fin: true });
+  sendIdFrame(ws, id);
   return new PoolConn(ws, id, options);
+}
+
+/** Sends the ID frame only (a pool that keeps the connection idle wraps it later). */
+export function sendIdFrame(ws: WebSocket, id: string): void {
+  ws.send(idToBytes(id), { binary: true, compress: false, fin: true });
 }
 
 /** The typed error for a relay's non-101 answer to the upgrade. */
@@ -55,42 +61,53 @@ export function upgradeRejection(statusCode: number): Error {
  * case the WebSocket is closed or terminated.
  */
 export function receiveId(ws: WebSocket, timeoutMs: number, options?: PoolConnOptions): Promise<PoolConn> {
+  return awaitId(ws, timeoutMs, (id) => new PoolConn(ws, id, options));
+}
+
+/** As {@link receiveId}, for a pool: the connection is kept as an {@link IdleSocket} until claimed. */
+export function receiveIdle(ws: WebSocket, timeoutMs: number): Promise<IdleSocket> {
+  return awaitId(ws, timeoutMs, (id) => new IdleSocket(ws, id));
+}
+
+/** The handshake itself; `adopt` runs inside the message handler, before any later message. */
+function awaitId<T>(ws: WebSocket, timeoutMs: number, adopt: (id: string) => T): Promise<T> {
   return new Promise((resolve, reject) => {
-    const settle = (outcome: PoolConn | Error): void => {
+    // Tagged, not `instanceof Error`: errors raised inside Node (ECONNREFUSED, TLS) may come from another realm.
+    const settle = (outcome: { adopted: T } | { error: Error }): void => {
       clearTimeout(timer);
       ws.removeListener('message', onMessage);
       ws.removeListener('close', onClose);
       ws.removeListener('error', onError);
       ws.removeListener('unexpected-response', onRefused);
-      if (outcome instanceof PoolConn) {
-        resolve(outcome);
+      if ('adopted' in outcome) {
+        resolve(outcome.adopted);
       } else {
         // ws needs an 'error' listener for as long as the socket can still emit.
         ws.on('error', () => {});
         if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
-        reject(outcome);
+        reject(outcome.error);
       }
     };
     const onMessage = (data: Buffer, isBinary: boolean): void => {
       if (!isBinary) {
         ws.close(CLOSE_UNSUPPORTED_DATA, 'expected a binary ID');
-        settle(new HandshakeTextFrameError());
+        settle({ error: new HandshakeTextFrameError() });
       } else if (data.length !== ID_BYTES) {
-        settle(new HandshakeBadLengthError(data.length));
+        settle({ error: new HandshakeBadLengthError(data.length) });
       } else {
-        settle(new PoolConn(ws, parseId(data), options));
+        settle({ adopted: adopt(parseId(data)) });
       }
     };
-    const onClose = (code: number): void => settle(new HandshakeClosedError(code));
-    const onError = (error: Error): void => settle(error);
+    const onClose = (code: number): void => settle({ error: new HandshakeClosedError(code) });
+    const onError = (error: Error): void => settle({ error });
     const onRefused = (_request: ClientRequest, response: IncomingMessage): void => {
       response.resume();
-      settle(upgradeRejection(response.statusCode ?? 0));
+      settle({ error: upgradeRejection(response.statusCode ?? 0) });
     };
-    const timer = setTimeout(() => settle(new HandshakeTimeoutError(timeoutMs)), timeoutMs);
+    const timer = setTimeout(() => settle({ error: new HandshakeTimeoutError(timeoutMs) }), timeoutMs);
 
     if (ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED) {
-      settle(new HandshakeClosedError(1006));
+      settle({ error: new HandshakeClosedError(1006) });
       return;
     }
     ws.binaryType = 'nodebuffer';

@@ -1,3 +1,4 @@
+import { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
 import { KeepAliveSweeper } from './keep-alive.js';
 import type { PoolConn } from './pool-conn.js';
 
@@ -8,29 +9,37 @@ const CLOSE_GRACE_MS = 1_000;
  * The idle half of a pool: connections waiting to be claimed, keyed by ID in
  * arrival order. While a connection sits here the pool owns it: its errors are
  * reported to `onError` rather than crashing the process, it is pinged if its
- * peer negotiated keep-alive, and it is dropped and destroyed the moment its
- * WebSocket closes, so a dead connection is never handed out.
+ * peer negotiated keep-alive, and it is dropped the moment its WebSocket
+ * closes, so a dead connection is never handed out. Claiming one turns it into
+ * a {@link PoolConn} with every byte that arrived for it.
  */
 export class IdleConnections {
-  readonly #idleById = new Map<string, PoolConn>();
+  readonly #idleById = new Map<string, IdleSocket>();
   /**
    * Arrival order for takeOldest. Iterating the Map from its start after many
    * deletions walks the holes V8 leaves until it rehashes, so keep a queue;
    * entries whose connection has gone are skipped lazily.
    */
-  #arrivals: PoolConn[] = [];
+  #arrivals: IdleSocket[] = [];
   #arrivalsHead = 0;
   readonly #sweeper: KeepAliveSweeper;
-  readonly #onError: (error: Error, conn: PoolConn) => void;
-  readonly #cleanupByConn = new Map<PoolConn, () => void>();
+  /** Shared by every idle socket of this pool: no per-connection closures. */
+  readonly #owner: IdleSocketOwner;
 
   /**
    * @param keepAliveMs ping period for connections added with `pingable`, in ms.
-   * @param onError called with errors of idle connections (they are destroyed).
+   * @param onError called with errors of idle connections.
+   * @param onGone called with the ID of an idle connection that closed.
    */
-  constructor(keepAliveMs: number, onError: (error: Error, conn: PoolConn) => void) {
+  constructor(keepAliveMs: number, onError: (error: Error) => void, onGone: (id: string) => void = () => {}) {
     this.#sweeper = new KeepAliveSweeper(keepAliveMs);
-    this.#onError = onError;
+    this.#owner = {
+      onError,
+      onGone: (socket) => {
+        this.#remove(socket);
+        onGone(socket.id);
+      },
+    };
   }
 
   get size(): number {
@@ -40,39 +49,29 @@ export class IdleConnections {
   /**
    * Adds a connection. `pingable`: the peer negotiated pong-based keep-alive.
    * A connection with the ID of one already here replaces it (the old one is
-   * destroyed): only a relay restart can reuse a live ID, and then the old one is stale.
+   * terminated): only a relay restart can reuse a live ID, and then the old one is stale.
    */
-  add(conn: PoolConn, pingable: boolean): void {
-    this.#idleById.get(conn.id)?.destroy();
-    const onError = (error: Error): void => this.#onError(error, conn);
-    const onTransportClose = (): void => {
-      this.#remove(conn);
-      conn.destroy();
-    };
-    conn.on('error', onError);
-    conn.once('transportClose', onTransportClose);
-    this.#cleanupByConn.set(conn, () => {
-      conn.removeListener('error', onError);
-      conn.removeListener('transportClose', onTransportClose);
-    });
-    this.#idleById.set(conn.id, conn);
-    this.#arrivals.push(conn);
+  add(socket: IdleSocket, pingable: boolean): void {
+    this.#idleById.get(socket.id)?.destroy();
+    socket.owner = this.#owner;
+    this.#idleById.set(socket.id, socket);
+    this.#arrivals.push(socket);
     // Connections taken by ID leave stale entries behind: keep the queue within twice the pool.
     if (this.#arrivals.length - this.#arrivalsHead > 2 * this.#idleById.size + 64) this.#compactArrivals(true);
-    if (pingable) this.#sweeper.track(conn);
+    if (pingable) this.#sweeper.track(socket);
   }
 
-  /** Removes and returns the live connection with this ID, if there is one. */
+  /** Removes the live connection with this ID, if there is one, and returns it as a PoolConn. */
   take(id: string): PoolConn | undefined {
-    const conn = this.#idleById.get(id);
-    if (conn === undefined) return undefined;
-    this.#remove(conn);
-    if (conn.transportOpen) return conn;
-    conn.destroy();
+    const socket = this.#idleById.get(id);
+    if (socket === undefined) return undefined;
+    this.#remove(socket);
+    if (socket.transportOpen) return socket.claim();
+    socket.destroy();
     return undefined;
   }
 
-  /** Removes and returns the longest-idle live connection, if there is one. */
+  /** Removes the longest-idle live connection, if there is one, and returns it as a PoolConn. */
   takeOldest(): PoolConn | undefined {
     while (this.#arrivalsHead < this.#arrivals.length) {
       const candidate = this.#arrivals[this.#arrivalsHead++]!;
@@ -89,7 +88,7 @@ export class IdleConnections {
 
   #compactArrivals(force = false): void {
     if (!force && this.#arrivalsHead < 1024 && this.#arrivalsHead * 2 < this.#arrivals.length) return;
-    this.#arrivals = this.#arrivals.slice(this.#arrivalsHead).filter((conn) => this.#idleById.get(conn.id) === conn);
+    this.#arrivals = this.#arrivals.slice(this.#arrivalsHead).filter((socket) => this.#idleById.get(socket.id) === socket);
     this.#arrivalsHead = 0;
   }
 
@@ -99,11 +98,16 @@ export class IdleConnections {
    * which the stragglers are terminated.
    */
   async closeAll(code = 1001): Promise<void> {
-    const conns = [...this.#idleById.values()];
-    for (const conn of conns) this.#remove(conn);
+    const sockets = [...this.#idleById.values()];
+    // Closing them is ours: what they report now is expected, but the pool still hears that they are gone.
+    const closingOwner: IdleSocketOwner = { onError: () => {}, onGone: this.#owner.onGone };
+    for (const socket of sockets) {
+      this.#remove(socket);
+      socket.owner = closingOwner;
+    }
     this.#arrivals = [];
     this.#arrivalsHead = 0;
-    await Promise.all(conns.map((conn) => closeWithin(conn, code, CLOSE_GRACE_MS)));
+    await Promise.all(sockets.map((socket) => closeWithin(socket, code, CLOSE_GRACE_MS)));
   }
 
   /** Stops keep-alive. Call after `closeAll` when the pool shuts down. */
@@ -111,27 +115,23 @@ export class IdleConnections {
     this.#sweeper.close();
   }
 
-  #remove(conn: PoolConn): void {
-    if (this.#idleById.get(conn.id) === conn) this.#idleById.delete(conn.id);
-    this.#sweeper.untrack(conn);
-    this.#cleanupByConn.get(conn)?.();
-    this.#cleanupByConn.delete(conn);
+  #remove(socket: IdleSocket): void {
+    if (this.#idleById.get(socket.id) === socket) this.#idleById.delete(socket.id);
+    this.#sweeper.untrack(socket);
   }
 }
 
-function closeWithin(conn: PoolConn, code: number, graceMs: number): Promise<void> {
-  conn.on('error', () => {}); // the peer may drop instead of answering; we are closing anyway
-  if (!conn.transportOpen) {
-    conn.destroy();
+function closeWithin(socket: IdleSocket, code: number, graceMs: number): Promise<void> {
+  if (!socket.transportOpen) {
+    socket.destroy();
     return Promise.resolve();
   }
   return new Promise((resolve) => {
-    const timer = setTimeout(() => conn.destroy(), graceMs);
-    conn.once('transportClose', () => {
+    const timer = setTimeout(() => socket.destroy(), graceMs);
+    socket.webSocket.once('close', () => {
       clearTimeout(timer);
-      conn.destroy();
       resolve();
     });
-    conn.webSocket.close(code);
+    socket.webSocket.close(code);
   });
 }

@@ -1,5 +1,20 @@
+import type WebSocket from 'ws';
 import { KeepAliveTimeoutError } from './errors.js';
-import type { PoolConn } from './pool-conn.js';
+
+/** What the sweeper needs of a connection: an idle pooled one, or a PoolConn. */
+export interface Pingable {
+  readonly webSocket: WebSocket;
+  readonly transportOpen: boolean;
+  destroy(error?: Error): void;
+}
+
+interface Liveness {
+  target: Pingable;
+  /** Our ping has gone unanswered since the last sweep. */
+  owed: boolean;
+  /** The peer pinged us since the last sweep. */
+  heard: boolean;
+}
 
 /**
  * Pong-based liveness for a pool's idle connections, with one timer per pool
@@ -14,53 +29,50 @@ import type { PoolConn } from './pool-conn.js';
  */
 export class KeepAliveSweeper {
   readonly #periodMs: number;
-  /**
-   * For each tracked connection: whether it owes a pong, whether the peer
-   * pinged us since the last sweep, and the listener that records both.
-   */
-  readonly #pongOwedByConn = new Map<PoolConn, { owed: boolean; heard: boolean; onHeard: (data: Buffer) => void }>();
+  readonly #livenessByWebSocket = new Map<WebSocket, Liveness>();
+  /** One listener for every tracked socket: a pong answers our ping; a ping from the peer proves the path alive just as well. */
+  readonly #onHeard: (this: WebSocket) => void;
   #timer: NodeJS.Timeout | undefined;
 
   constructor(periodMs: number) {
     this.#periodMs = periodMs;
+    const livenessByWebSocket = this.#livenessByWebSocket;
+    this.#onHeard = function (this: WebSocket) {
+      const liveness = livenessByWebSocket.get(this);
+      if (liveness) {
+        liveness.owed = false;
+        liveness.heard = true;
+      }
+    };
   }
 
   get size(): number {
-    return this.#pongOwedByConn.size;
+    return this.#livenessByWebSocket.size;
   }
 
-  track(conn: PoolConn): void {
-    if (this.#pongOwedByConn.has(conn)) return;
-    const entry = {
-      owed: false,
-      heard: false,
-      onHeard: () => {
-        entry.owed = false;
-        entry.heard = true;
-      },
-    };
-    // A pong answers our ping; a ping from the peer proves the path alive just as well.
-    conn.webSocket.on('pong', entry.onHeard);
-    conn.webSocket.on('ping', entry.onHeard);
-    this.#pongOwedByConn.set(conn, entry);
+  track(target: Pingable): void {
+    const ws = target.webSocket;
+    if (this.#livenessByWebSocket.has(ws)) return;
+    ws.on('pong', this.#onHeard);
+    ws.on('ping', this.#onHeard);
+    this.#livenessByWebSocket.set(ws, { target, owed: false, heard: false });
     if (this.#timer === undefined) {
       // Unref'd: liveness checks alone must never keep a process alive.
       this.#timer = setInterval(this.#sweep, this.#periodMs).unref();
     }
   }
 
-  untrack(conn: PoolConn): void {
-    const entry = this.#pongOwedByConn.get(conn);
-    if (entry === undefined) return;
-    conn.webSocket.removeListener('pong', entry.onHeard);
-    conn.webSocket.removeListener('ping', entry.onHeard);
-    this.#pongOwedByConn.delete(conn);
-    if (this.#pongOwedByConn.size === 0) this.#stopTimer();
+  untrack(target: Pingable): void {
+    const ws = target.webSocket;
+    if (!this.#livenessByWebSocket.delete(ws)) return;
+    ws.removeListener('pong', this.#onHeard);
+    ws.removeListener('ping', this.#onHeard);
+    if (this.#livenessByWebSocket.size === 0) this.#stopTimer();
   }
 
   /** Stops the timer and forgets every connection (the connections are left as they are). */
   close(): void {
-    for (const conn of [...this.#pongOwedByConn.keys()]) this.untrack(conn);
+    for (const { target } of [...this.#livenessByWebSocket.values()]) this.untrack(target);
     this.#stopTimer();
   }
 
@@ -70,16 +82,17 @@ export class KeepAliveSweeper {
   }
 
   readonly #sweep = (): void => {
-    for (const [conn, entry] of this.#pongOwedByConn) {
-      if (entry.owed) {
-        this.untrack(conn);
-        conn.destroy(new KeepAliveTimeoutError(this.#periodMs));
-      } else if (entry.heard) {
+    for (const liveness of this.#livenessByWebSocket.values()) {
+      const { target } = liveness;
+      if (liveness.owed) {
+        this.untrack(target);
+        target.destroy(new KeepAliveTimeoutError(this.#periodMs));
+      } else if (liveness.heard) {
         // Both ends sweep; when the peer's ping came first ours would only double the traffic.
-        entry.heard = false;
-      } else if (conn.transportOpen) {
-        entry.owed = true;
-        conn.webSocket.ping();
+        liveness.heard = false;
+      } else if (target.transportOpen) {
+        liveness.owed = true;
+        target.webSocket.ping();
       }
     }
   };

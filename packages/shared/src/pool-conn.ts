@@ -18,6 +18,8 @@ export interface PoolConnOptions {
   readableHighWaterMark?: number;
   /** Bytes buffered on the writable side before `write()` returns false. Default: 64 KiB. */
   writableHighWaterMark?: number;
+  /** Bytes that arrived before this stream existed (while the connection sat idle in a pool). */
+  initialChunks?: Buffer[];
 }
 
 /** ws keeps the raw socket private; we need it for the `net.Socket`-shaped surface. */
@@ -82,6 +84,10 @@ export class PoolConn extends Duplex {
     this.localAddress = this.#socket.localAddress;
     this.localPort = this.#socket.localPort;
 
+    for (const chunk of options.initialChunks ?? []) {
+      this.bytesRead += chunk.length;
+      this.push(chunk);
+    }
     ws.binaryType = 'nodebuffer';
     ws.on('message', this.#onMessage);
     ws.on('close', this.#onClose);

@@ -1,0 +1,98 @@
+import WebSocket from 'ws';
+import { ProtocolError } from './errors.js';
+import { PoolConn } from './pool-conn.js';
+import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
+
+/** Bytes kept for the claimer of an idle connection before its socket is paused (backpressure). */
+const IDLE_BUFFER_BYTES = 64 * 1024;
+
+/** Told about what happens to idle sockets; one per pool, shared by all its sockets. */
+export interface IdleSocketOwner {
+  onError(error: Error): void;
+  onGone(socket: IdleSocket): void;
+}
+
+const idleSocketByWebSocket = new WeakMap<WebSocket, IdleSocket>();
+
+/**
+ * A pooled connection nobody has claimed yet: the WebSocket, its ID and the
+ * bytes that arrived for whoever claims it. It becomes a {@link PoolConn} only
+ * when claimed, so that a pool of thousands of idle connections does not carry
+ * a Duplex stream and its handlers for each. Handlers are shared functions
+ * that find their IdleSocket through a WeakMap, not per-socket closures.
+ */
+export class IdleSocket {
+  readonly id: string;
+  readonly webSocket: WebSocket;
+  owner: IdleSocketOwner | undefined;
+  #chunks: Buffer[] | undefined;
+  #bytes = 0;
+
+  constructor(ws: WebSocket, id: string) {
+    this.id = id;
+    this.webSocket = ws;
+    idleSocketByWebSocket.set(ws, this);
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', onIdleMessage);
+    ws.on('error', onIdleError);
+    ws.on('close', onIdleClose);
+  }
+
+  get transportOpen(): boolean {
+    return this.webSocket.readyState === WebSocket.OPEN;
+  }
+
+  /** TCP keep-alive on the underlying socket (PoolConn#setKeepAlive, before there is a PoolConn). */
+  setKeepAlive(enable: boolean, initialDelayMs: number): void {
+    (this.webSocket as unknown as { _socket: { setKeepAlive(enable: boolean, delay: number): void } })._socket.setKeepAlive(enable, initialDelayMs);
+  }
+
+  /** Hands the connection, and every byte kept for it, to a new PoolConn. */
+  claim(): PoolConn {
+    this.#detach();
+    return new PoolConn(this.webSocket, this.id, { initialChunks: this.#chunks });
+  }
+
+  /** Terminates the connection (a dead or unwanted idle one). `error` is reported to the owner. */
+  destroy(error?: Error): void {
+    if (error) this.owner?.onError(error);
+    this.webSocket.terminate();
+  }
+
+  /** @internal */
+  keep(data: Buffer): void {
+    (this.#chunks ??= []).push(data);
+    this.#bytes += data.length;
+    if (this.#bytes >= IDLE_BUFFER_BYTES) this.webSocket.pause();
+  }
+
+  #detach(): void {
+    const ws = this.webSocket;
+    ws.removeListener('message', onIdleMessage);
+    ws.removeListener('error', onIdleError);
+    ws.removeListener('close', onIdleClose);
+    idleSocketByWebSocket.delete(ws);
+  }
+}
+
+function onIdleMessage(this: WebSocket, data: Buffer, isBinary: boolean): void {
+  const socket = idleSocketByWebSocket.get(this);
+  if (!socket) return;
+  if (isBinary) {
+    socket.keep(data);
+    return;
+  }
+  socket.owner?.onError(new ProtocolError('the peer sent a text message; only binary messages carry the stream'));
+  this.close(CLOSE_UNSUPPORTED_DATA, 'binary messages only');
+}
+
+function onIdleError(this: WebSocket, error: Error): void {
+  idleSocketByWebSocket.get(this)?.owner?.onError(error);
+}
+
+function onIdleClose(this: WebSocket): void {
+  const socket = idleSocketByWebSocket.get(this);
+  if (!socket) return;
+  idleSocketByWebSocket.delete(this);
+  socket.owner?.onGone(socket);
+}
