@@ -51,11 +51,6 @@ export class PoolConn extends Duplex {
   bytesRead = 0;
   /** Payload bytes handed to the WebSocket for sending. */
   bytesWritten = 0;
-  readonly remoteAddress: string | undefined;
-  readonly remotePort: number | undefined;
-  readonly remoteFamily: string | undefined;
-  readonly localAddress: string | undefined;
-  readonly localPort: number | undefined;
 
   readonly #socket: Socket;
   #timeoutForwarded = false;
@@ -77,12 +72,6 @@ export class PoolConn extends Duplex {
     this.id = id;
     this.webSocket = ws;
     this.#socket = rawSocketOf(ws);
-    // Captured now: a destroyed net.Socket forgets its addresses, and users log them after close.
-    this.remoteAddress = this.#socket.remoteAddress;
-    this.remotePort = this.#socket.remotePort;
-    this.remoteFamily = this.#socket.remoteFamily;
-    this.localAddress = this.#socket.localAddress;
-    this.localPort = this.#socket.localPort;
 
     for (const chunk of options.initialChunks ?? []) {
       this.bytesRead += chunk.length;
@@ -96,6 +85,28 @@ export class PoolConn extends Duplex {
       // Adopting an already-closed socket: its 'close' has fired and will not fire again.
       queueMicrotask(() => this.#onClose(1006, Buffer.alloc(0)));
     }
+  }
+
+  // Read from the socket when asked, as net.Socket does (a syscall the first
+  // time, cached after, also across close): claiming a connection stays cheap.
+  get remoteAddress(): string | undefined {
+    return this.#socket.remoteAddress;
+  }
+
+  get remotePort(): number | undefined {
+    return this.#socket.remotePort;
+  }
+
+  get remoteFamily(): string | undefined {
+    return this.#socket.remoteFamily;
+  }
+
+  get localAddress(): string | undefined {
+    return this.#socket.localAddress;
+  }
+
+  get localPort(): number | undefined {
+    return this.#socket.localPort;
   }
 
   /** True while the WebSocket is open: the only state in which a pool may hand this out. */
