@@ -272,8 +272,10 @@ export class ClientPool extends ErrorCountingEmitter {
       started++;
       await this.#dialWithRetry(round).catch(() => {});
     }
+    // A round that keeps failing without a success has found the relay down: start no more dials.
+    const relayDown = (): boolean => round.successes === 0 && round.failures >= OUTAGE_FAILURES;
     const dialer = async (): Promise<void> => {
-      while (started < attempts && !this.#lifetime.signal.aborted) {
+      while (started < attempts && !this.#lifetime.signal.aborted && !relayDown()) {
         started++;
         await this.#dialWithRetry(round).catch(() => {});
       }
@@ -293,7 +295,8 @@ export class ClientPool extends ErrorCountingEmitter {
 
   #dialWithRetry(round: DialRound): Promise<void> {
     return pRetry(() => this.#dial(round), {
-      retries: this.#dialRetries,
+      // During an outage the probe does not retry: the doubling interval is the back-off.
+      retries: this.#lastRoundFailed ? 0 : this.#dialRetries,
       // Retries are for a blip in a healthy round. Once a round has failed
       // repeatedly without a single success the relay is down: stop here, and
       // let the next rounds probe it one dial at a time.
