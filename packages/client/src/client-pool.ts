@@ -17,6 +17,7 @@ import {
   checkMs,
   checkOrdered,
   parseId,
+  rawSocketOf,
   receiveIdle,
   type GetOptions,
   type IdleSocket,
@@ -340,7 +341,7 @@ export class ClientPool extends ErrorCountingEmitter {
       return;
     }
     round.successes++;
-    if (this.#keepAliveMs > 0) socket.setKeepAlive(true, this.#keepAliveMs);
+    if (this.#keepAliveMs > 0) rawSocketOf(socket.webSocket).setKeepAlive(true, this.#keepAliveMs);
     this.#admit(socket, pingable);
   }
 

@@ -17,6 +17,7 @@ import {
   checkMs,
   PoolConn,
   generateId,
+  rawSocketOf,
   sendIdFrame,
   type GetOptions,
 } from '@pool/shared';
@@ -257,22 +258,20 @@ export class ServerPool extends ErrorCountingEmitter {
     const id = generateId((candidate) => this.#liveIds.has(candidate));
     sendIdFrame(ws, id);
     this.#liveIds.add(id);
+    if (this.#keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, this.#keepAliveMs);
 
     const waiter = this.#incomingWaiters.find((get) => !get.settled);
     if (waiter) {
       this.#incomingWaiters.splice(0, this.#incomingWaiters.indexOf(waiter) + 1);
       waiter.resolve(this.#leased(new PoolConn(ws, id)));
     } else {
-      const socket = new IdleSocket(ws, id);
-      if (this.#keepAliveMs > 0) socket.setKeepAlive(true, this.#keepAliveMs);
-      this.#idle.add(socket, this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
+      this.#idle.add(new IdleSocket(ws, id), this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
     }
     this.emit('connection', id);
   }
 
   /** A connection leaves the pool: its ID stays taken until its WebSocket closes. */
   #leased(conn: PoolConn): IncomingConnection {
-    if (this.#keepAliveMs > 0) conn.setKeepAlive(true, this.#keepAliveMs);
     conn.once('transportClose', () => this.#liveIds.delete(conn.id));
     return { id: conn.id, conn };
   }

@@ -42,11 +42,6 @@ export class IdleSocket {
     return this.webSocket.readyState === WebSocket.OPEN;
   }
 
-  /** TCP keep-alive on the underlying socket (PoolConn#setKeepAlive, before there is a PoolConn). */
-  setKeepAlive(enable: boolean, initialDelayMs: number): void {
-    (this.webSocket as unknown as { _socket: { setKeepAlive(enable: boolean, delay: number): void } })._socket.setKeepAlive(enable, initialDelayMs);
-  }
-
   /** Hands the connection, and every byte kept for it, to a new PoolConn. */
   claim(): PoolConn {
     this.#detach();

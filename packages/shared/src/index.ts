@@ -2,7 +2,7 @@ export * from './errors.js';
 export { ID_BYTES, isValidId, parseId, idToBytes, generateId } from './id.js';
 export { checkMs, checkInt, checkOrdered } from './options.js';
 export * from './protocol.js';
-export { PoolConn, type PoolConnOptions } from './pool-conn.js';
+export { PoolConn, rawSocketOf, type PoolConnOptions } from './pool-conn.js';
 export { sendId, sendIdFrame, receiveId, receiveIdle, upgradeRejection } from './handshake.js';
 export { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
 export { KeepAliveSweeper, type Pingable } from './keep-alive.js';

@@ -23,7 +23,7 @@ export interface PoolConnOptions {
 }
 
 /** ws keeps the raw socket private; we need it for the `net.Socket`-shaped surface. */
-function rawSocketOf(ws: WebSocket): Socket {
+export function rawSocketOf(ws: WebSocket): Socket {
   return (ws as unknown as { _socket: Socket })._socket;
 }
 
