@@ -5,6 +5,7 @@ import { connect, createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import { AGENT_BIN, CliProcess, RELAY_BIN, startAgent, startRelay } from '../helpers/processes.js';
+import { rawUpgrade } from '../helpers/raw-http.js';
 import { closed } from '../helpers/streams.js';
 import { TargetServers, echoServer, echoThrough, sha256 } from '../helpers/tunnel.js';
 
@@ -140,3 +141,81 @@ describe('pool-relay + pool-agent, end to end', () => {
     expect(bad.lines.join('\n')).toMatch(/--server and --target are required/);
   });
 });
+
+describe('operating the CLIs', () => {
+  /** Scrapes a CLI's /metrics with undici and returns the sample lines. */
+  async function scrape(port: number): Promise<string[]> {
+    const response = await request(`http://127.0.0.1:${port}/metrics`);
+    expect(response.statusCode).toBe(200);
+    expect(response.headers['content-type']).toMatch(/^text\/plain/);
+    return (await response.body.text()).split('\n').filter((line) => line && !line.startsWith('#'));
+  }
+
+  const sample = (lines: string[], series: string): number | undefined => {
+    const line = lines.find((candidate) => candidate.startsWith(`${series} `));
+    return line === undefined ? undefined : Number(line.slice(series.length + 1));
+  };
+
+  it('serve Prometheus metrics that match the traffic sent through the tunnel', async () => {
+    const { relay, agent, port, publicPort } = await tunnel(
+      echoServer(),
+      // Plain ws between them, so that a raw upgrade request can be refused too.
+      ['--plain', '--metrics-port', '0', '--token', 's3cret'],
+      ['--tls', 'off', '--metrics-port', '0', '--token', 's3cret', '--min-cap', '4', '--max-cap', '4'],
+    );
+    const relayMetrics = Number((await relay.waitFor(/metrics-port=(\d+)/, 5_000, true))[1]);
+    const agentMetrics = Number((await agent.waitFor(/metrics-port=(\d+)/, 5_000, true))[1]);
+    const payloads = Array.from({ length: 5 }, (_, i) => randomBytes(10_000 * (i + 1)));
+    for (const payload of payloads) expect(await echoThrough(publicPort, payload)).toBe(sha256(payload));
+    const total = payloads.reduce((sum, payload) => sum + payload.length, 0);
+    expect((await rawUpgrade(port, { headers: { 'x-pool-token': 'wrong' } })).status).toBe(401);
+
+    let relayLines: string[] = [];
+    for (let i = 0; i < 50; i++) {
+      relayLines = await scrape(relayMetrics);
+      if (sample(relayLines, 'pool_leased_bytes_total{pool="relay",direction="sent"}') === total) break;
+      await sleep(50);
+    }
+    expect(sample(relayLines, 'pool_gets_total{pool="relay",outcome="success"}')).toBe(5);
+    expect(sample(relayLines, 'pool_leased_bytes_total{pool="relay",direction="received"}')).toBe(total);
+    expect(sample(relayLines, 'pool_leased_bytes_total{pool="relay",direction="sent"}')).toBe(total);
+    expect(sample(relayLines, 'pool_upgrades_rejected_total{pool="relay",reason="401"}')).toBe(1);
+    expect(sample(relayLines, 'pool_clients{pool="relay"}')).toBe(1);
+    const agentLines = await scrape(agentMetrics);
+    expect(sample(agentLines, 'pool_gets_total{pool="agent",outcome="success"}')).toBe(5);
+    expect(sample(agentLines, 'pool_capacity{pool="agent"}')).toBe(4);
+    expect(sample(agentLines, 'pool_dials_total{pool="agent",outcome="success"}')).toBeGreaterThanOrEqual(4);
+    expect((await request(`http://127.0.0.1:${relayMetrics}/other`)).statusCode).toBe(404);
+  }, 30_000);
+
+  it('drain on SIGTERM: an open tunnel keeps working until it ends, then the relay exits 0', async () => {
+    const { relay, publicPort } = await tunnel(echoServer(), ['--drain-timeout', '10000']);
+    const user = connect(publicPort, '127.0.0.1');
+    user.on('error', () => {});
+    const echoed = (text: string): Promise<void> =>
+      new Promise((resolve) => {
+        let seen = '';
+        const onData = (data: Buffer): void => {
+          seen += data.toString();
+          if (seen === text) {
+            user.removeListener('data', onData);
+            resolve();
+          }
+        };
+        user.on('data', onData);
+        user.write(text);
+      });
+    await echoed('before');
+    relay.child.kill('SIGTERM');
+    await relay.waitFor(/pool draining/, 5_000, true);
+    await sleep(300);
+    expect(relay.child.exitCode).toBeNull();
+    await echoed('during the drain');
+    const refused = connect(publicPort, '127.0.0.1');
+    expect((await new Promise<Error>((resolve) => refused.once('error', resolve))).message).toMatch(/ECONNREFUSED/);
+    user.end();
+    expect(await relay.exited).toBe(0);
+    expect(relay.lines.join('\n')).toMatch(/"msg":"pool drained".*"destroyed":0/);
+  }, 30_000);
+});
+

@@ -14,9 +14,10 @@ import {
   checkMs,
   decodeControl,
   splice,
+  type DrainResult,
   type PoolConn,
 } from '@pool/shared';
-import { ClientPool, type ClientPoolOptions } from './client-pool.js';
+import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './client-pool.js';
 import { resolveRelayTarget } from './server-address.js';
 
 /** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
@@ -92,7 +93,7 @@ export class Agent extends ErrorCountingEmitter {
   #closed = false;
 
   constructor(options: AgentOptions) {
-    super();
+    super(options.logger);
     this.#target = parseHostPort('target', options.target);
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 5_000);
     this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
@@ -125,6 +126,20 @@ export class Agent extends ErrorCountingEmitter {
     };
   }
 
+  /** Changes the pool's settings while it runs; see `ClientPool#reconfigure`. */
+  reconfigure(changes: ClientPoolSettings): void {
+    this.pool.reconfigure(changes);
+  }
+
+  /**
+   * Stops taking new tunnels (the pool stops dialling; orders from the relay
+   * fail) and gives open tunnels up to `timeoutMs` to finish, then cuts them.
+   * Call `close()` afterwards.
+   */
+  drain(timeoutMs: number): Promise<DrainResult> {
+    return this.pool.Drain(timeoutMs);
+  }
+
   /** Closes the control channel, the pool and every open tunnel; clears every timer. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -144,6 +159,7 @@ export class Agent extends ErrorCountingEmitter {
     ws.on('open', () => {
       this.#stats.controlConnects++;
       this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
+      this.logger.info({ relay: this.#controlUrl }, 'control channel connected');
       this.emit('control', true);
       if (this.#keepAliveMs > 0) {
         this.#pingTimer = setInterval(() => {

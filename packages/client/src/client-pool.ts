@@ -4,23 +4,32 @@ import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
 import {
+  ConnectionTracker,
   ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   KEEPALIVE_HEADER,
   KEEPALIVE_VALUE,
+  LeasedConnections,
   PendingGet,
   PoolClosedError,
+  PoolDrainingError,
   PoolError,
+  PoolMetrics,
   TOKEN_HEADER,
   checkInt,
   checkMs,
   checkOrdered,
+  drainPool,
+  outcomeOf,
   parseId,
   rawSocketOf,
   receiveIdle,
+  type DrainResult,
   type GetOptions,
   type IdleSocket,
+  type Logger,
+  type MetricsOptions,
   type PoolConn,
 } from '@pool/shared';
 import { nextCapacity, nextInterval, outageInterval } from './adapt.js';
@@ -66,6 +75,32 @@ export interface ClientPoolOptions {
    * than a full handshake for both sides, with forward secrecy kept. Default: true.
    */
   tlsSessionReuse?: boolean;
+  /** Publish Prometheus metrics (`pool_*`, label `pool` = `name`, default `'agent'`). Default: none. */
+  metrics?: MetricsOptions;
+  /** A pino-compatible logger. Default: silent. */
+  logger?: Logger;
+}
+
+/** The options `reconfigure` can change on a running pool. */
+export type ClientPoolSettings = Pick<ClientPoolOptions, 'minCap' | 'maxCap' | 'minInterval' | 'maxInterval' | 'keepAlive'>;
+
+interface Settings {
+  minCap: number;
+  maxCap: number;
+  minInterval: number;
+  maxInterval: number;
+  keepAliveMs: number;
+}
+
+/** Validates every setting at once, so that a bad one changes nothing. */
+function parseSettings(settings: ClientPoolSettings): Settings {
+  const minCap = checkInt('minCap', settings.minCap ?? 1, 1);
+  const maxCap = checkInt('maxCap', settings.maxCap ?? Math.max(minCap, 20), 1);
+  checkOrdered('minCap', minCap, 'maxCap', maxCap);
+  const minInterval = checkMs('minInterval', settings.minInterval ?? 500);
+  const maxInterval = checkMs('maxInterval', settings.maxInterval ?? 5_000);
+  checkOrdered('minInterval', minInterval, 'maxInterval', maxInterval);
+  return { minCap, maxCap, minInterval, maxInterval, keepAliveMs: checkMs('keepAlive', settings.keepAlive ?? 30_000) };
 }
 
 /** Counters for what the manager has done; cheap to read at any time. */
@@ -78,7 +113,8 @@ export interface ClientPoolStats {
   rounds: number;
 }
 
-type State = 'new' | 'running' | 'closed';
+/** `new`: not started, or drained (`ClientManager()` starts it). */
+type State = 'new' | 'running' | 'draining' | 'closed';
 
 /** Outcomes so far of the dials of one fill round. */
 interface DialRound {
@@ -102,23 +138,27 @@ const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', '
  * `ErrorCount()`.
  */
 export class ClientPool extends ErrorCountingEmitter {
+  /** Every connection's lifecycle: `stats()` and `report()` for monitoring. */
+  readonly tracker = new ConnectionTracker();
   readonly #url: string;
+  /** The relay's host:port, as connections are tracked. */
+  readonly #trackedAddress: string;
   readonly #tls: ConnectionOptions | undefined;
-  readonly #headers: Record<string, string>;
-  readonly #minCap: number;
-  readonly #maxCap: number;
-  readonly #minInterval: number;
-  readonly #maxInterval: number;
-  readonly #keepAliveMs: number;
+  readonly #token: string | undefined;
+  #headers: Record<string, string>;
+  #settingsInput: ClientPoolSettings;
+  #settings: Settings;
   readonly #handshakeTimeoutMs: number;
   readonly #dialRetries: number;
   readonly #dialConcurrency: number;
   readonly #maxPayload: number;
   readonly #tlsSessions: TlsSessionCache | undefined;
   readonly #idle: IdleConnections;
+  readonly #leases = new LeasedConnections();
+  readonly #metrics: PoolMetrics | undefined;
   readonly #claimWaiters = new Map<string, PendingGet<PoolConn>[]>();
-  /** Aborts dials in flight and the sleep between rounds when the pool closes. */
-  readonly #lifetime = new AbortController();
+  /** Aborts the manager's dials in flight and its sleep between rounds: on `Close()` or `Drain()`. */
+  #run: AbortController | undefined;
   readonly #stats: ClientPoolStats = { dials: 0, dialFailures: 0, rounds: 0 };
   #capacity: number;
   #interval: number;
@@ -126,43 +166,62 @@ export class ClientPool extends ErrorCountingEmitter {
   #manager: Promise<void> | undefined;
   #wakeManager: (() => void) | undefined;
   #closing: Promise<void> | undefined;
+  #draining: Promise<DrainResult> | undefined;
   /** Every dial of the last round failed: the relay is down or refusing us. */
   #lastRoundFailed = false;
 
   constructor(options: ClientPoolOptions) {
-    super();
+    super(options.logger);
     const target = resolveRelayTarget(options.server, options.tls);
     this.#url = target.url;
+    this.#trackedAddress = new URL(target.url).host;
     // One secure context for every dial: without it tls.connect builds a new one
     // (CA store included) per connection, a tenth of the cost of a fill.
     this.#tls = target.tls && { ...target.tls, secureContext: createSecureContext(target.tls) };
-    this.#minCap = checkInt('minCap', options.minCap ?? 1, 1);
-    this.#maxCap = checkInt('maxCap', options.maxCap ?? Math.max(this.#minCap, 20), 1);
-    checkOrdered('minCap', this.#minCap, 'maxCap', this.#maxCap);
-    this.#minInterval = checkMs('minInterval', options.minInterval ?? 500);
-    this.#maxInterval = checkMs('maxInterval', options.maxInterval ?? 5_000);
-    checkOrdered('minInterval', this.#minInterval, 'maxInterval', this.#maxInterval);
-    this.#keepAliveMs = checkMs('keepAlive', options.keepAlive ?? 30_000);
+    const { minCap, maxCap, minInterval, maxInterval, keepAlive } = options;
+    this.#settingsInput = { minCap, maxCap, minInterval, maxInterval, keepAlive };
+    this.#settings = parseSettings(this.#settingsInput);
     this.#handshakeTimeoutMs = checkMs('handshakeTimeout', options.handshakeTimeout ?? 10_000, 1);
     this.#dialRetries = checkInt('dialRetries', options.dialRetries ?? 2, 0, 10);
     this.#dialConcurrency = checkInt('dialConcurrency', options.dialConcurrency ?? 32, 1);
     this.#maxPayload = checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1);
     this.#tlsSessions = this.#tls && options.tlsSessionReuse !== false ? new TlsSessionCache() : undefined;
-    this.#headers = {};
-    if (this.#keepAliveMs > 0) this.#headers[KEEPALIVE_HEADER] = KEEPALIVE_VALUE;
-    if (options.token !== undefined) this.#headers[TOKEN_HEADER] = options.token;
-    this.#capacity = this.#minCap;
-    this.#interval = this.#minInterval;
-    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError);
-    // Every dial in flight (and its p-retry) listens for the abort: up to dialConcurrency at once, by design.
-    setMaxListeners(0, this.#lifetime.signal);
+    this.#token = options.token;
+    this.#headers = this.#upgradeHeaders();
+    this.#capacity = this.#settings.minCap;
+    this.#interval = this.#settings.minInterval;
+    this.#idle = new IdleConnections(this.#settings.keepAliveMs || 30_000, this.reportError, (socket) => {
+      this.tracker.transition(socket.webSocket, 'closed');
+    });
+    this.#metrics =
+      options.metrics &&
+      new PoolMetrics(options.metrics, 'agent', {
+        tracker: this.tracker,
+        capacity: () => this.#capacity,
+        interval: () => this.#interval,
+        leasedBytes: () => this.#leases.bytes(),
+      });
   }
 
-  /** Starts the manager loop and returns at once. Idempotent; a closed pool stays closed. */
+  #upgradeHeaders(): Record<string, string> {
+    const headers: Record<string, string> = {};
+    if (this.#settings.keepAliveMs > 0) headers[KEEPALIVE_HEADER] = KEEPALIVE_VALUE;
+    if (this.#token !== undefined) headers[TOKEN_HEADER] = this.#token;
+    return headers;
+  }
+
+  /**
+   * Starts the manager loop and returns at once; after a drain, starts it
+   * again. Idempotent; a closed pool stays closed.
+   */
   ClientManager(): void {
-    if (this.#state !== 'new') return;
+    if (this.#state !== 'new' || this.#draining) return;
     this.#state = 'running';
-    this.#manager = this.#manage();
+    const run = new AbortController();
+    // Every dial in flight (and its p-retry) listens for the abort: up to dialConcurrency at once, by design.
+    setMaxListeners(0, run.signal);
+    this.#run = run;
+    this.#manager = this.#manage(run.signal);
   }
 
   /**
@@ -173,10 +232,16 @@ export class ClientPool extends ErrorCountingEmitter {
    * after `timeoutMs` milliseconds, `ERR_POOL_ABORTED` when `options.signal`
    * aborts, and `ERR_POOL_CLOSED` on `Close()`.
    */
-  async OutgoingGet(id: string, timeoutMs: number, options: GetOptions = {}): Promise<PoolConn> {
+  OutgoingGet(id: string, timeoutMs: number, options: GetOptions = {}): Promise<PoolConn> {
+    const get = this.#outgoingGet(id, timeoutMs, options);
+    return this.#metrics ? this.#metrics.observeGet(get) : get;
+  }
+
+  async #outgoingGet(id: string, timeoutMs: number, options: GetOptions): Promise<PoolConn> {
     const key = parseId(id);
     checkMs('timeoutMs', timeoutMs);
     if (this.#state === 'closed') throw new PoolClosedError();
+    if (this.#state === 'draining') throw new PoolDrainingError();
     const conn = this.#idle.take(key);
     if (conn) return this.#leased(conn);
     const get: PendingGet<PoolConn> = new PendingGet(timeoutMs, options, () => this.#forgetWaiter(key, get));
@@ -208,12 +273,74 @@ export class ClientPool extends ErrorCountingEmitter {
     return this.#interval;
   }
 
+  /** Connections handed out whose WebSockets are still open. */
+  Leased(): number {
+    return this.#leases.size;
+  }
+
+  /**
+   * Changes settings of the running pool; what is omitted stays as it is.
+   * The next fill round (started at once) works within the new bounds:
+   * capacity and interval are clamped into them, and connections over a
+   * lowered capacity are not closed (they leave as they are used). A new
+   * `keepAlive` applies to idle connections from their next sweep and to new
+   * dials. No connection is dropped. Throws `ERR_INVALID_OPTION` for any bad
+   * value, and then nothing changes.
+   */
+  reconfigure(changes: ClientPoolSettings): void {
+    const input = { ...this.#settingsInput, ...changes };
+    const settings = parseSettings(input);
+    this.#settingsInput = input;
+    this.#settings = settings;
+    this.#headers = this.#upgradeHeaders();
+    this.#capacity = Math.min(settings.maxCap, Math.max(settings.minCap, this.#capacity));
+    this.#interval = Math.min(settings.maxInterval, Math.max(settings.minInterval, this.#interval));
+    this.#idle.setKeepAlive(settings.keepAliveMs);
+    this.logger.info({ ...settings }, 'pool reconfigured');
+    this.#wakeManager?.();
+  }
+
+  /**
+   * Stops taking work and waits for it to finish: the manager stops (dials in
+   * flight are cut), waiting and new gets reject with `ERR_POOL_DRAINING`,
+   * idle connections are closed; then it waits up to `timeoutMs` for the
+   * connections already handed out to close, and destroys those still open.
+   * `ClientManager()` starts the pool again; `Close()` ends it.
+   */
+  Drain(timeoutMs: number): Promise<DrainResult> {
+    checkMs('timeoutMs', timeoutMs);
+    if (this.#state === 'closed') return Promise.reject(new PoolClosedError());
+    this.#draining ??= this.#drain(timeoutMs).finally(() => {
+      this.#draining = undefined;
+    });
+    return this.#draining;
+  }
+
+  async #drain(timeoutMs: number): Promise<DrainResult> {
+    this.#state = 'draining';
+    const result = await drainPool(
+      { logger: this.logger, idle: this.#idle, leases: this.#leases, stopWork: () => this.#stopWork(new PoolDrainingError()) },
+      timeoutMs,
+    );
+    if (this.#state === 'draining') this.#state = 'new';
+    return result;
+  }
+
+  /** Stops the manager and its dials, and rejects every waiting get with `reason`. */
+  async #stopWork(reason: Error): Promise<void> {
+    this.#run?.abort();
+    for (const waiters of this.#claimWaiters.values()) {
+      for (const get of waiters) get.reject(reason);
+    }
+    this.#claimWaiters.clear();
+    await this.#manager;
+  }
+
   /** Closes every idle connection; the manager refills at once. */
   async Flush(): Promise<void> {
     await this.#idle.closeAll();
     this.#wakeManager?.();
   }
-
 
   /** A snapshot of the manager's counters. */
   stats(): ClientPoolStats {
@@ -232,27 +359,22 @@ export class ClientPool extends ErrorCountingEmitter {
 
   async #close(): Promise<void> {
     this.#state = 'closed';
-    this.#lifetime.abort();
-    for (const waiters of this.#claimWaiters.values()) {
-      for (const get of waiters) get.reject(new PoolClosedError());
-    }
-    this.#claimWaiters.clear();
-    await this.#manager;
+    await this.#stopWork(new PoolClosedError());
     await this.#idle.closeAll();
     this.#idle.close();
+    this.#metrics?.detach();
     this.emit('close');
   }
 
-  async #manage(): Promise<void> {
-    const { signal } = this.#lifetime;
+  async #manage(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      await this.#fillRound();
+      await this.#fillRound(signal);
       this.#stats.rounds++;
-      await this.#sleep(this.#interval);
+      await this.#sleep(this.#interval, signal);
     }
   }
 
-  async #fillRound(): Promise<void> {
+  async #fillRound(signal: AbortSignal): Promise<void> {
     const idle = this.#idle.size;
     const wanted = Math.max(0, this.#capacity - idle);
     // During an outage one probe per round finds out whether the relay is back.
@@ -262,8 +384,8 @@ export class ClientPool extends ErrorCountingEmitter {
         idle,
         capacity: this.#capacity,
         interval: this.#interval,
-        minInterval: this.#minInterval,
-        maxInterval: this.#maxInterval,
+        minInterval: this.#settings.minInterval,
+        maxInterval: this.#settings.maxInterval,
       });
     }
     const round: DialRound = { successes: 0, failures: 0 };
@@ -271,31 +393,27 @@ export class ClientPool extends ErrorCountingEmitter {
     // Until we hold a TLS ticket, one dial goes first so that the rest can resume its session.
     if (attempts > 1 && this.#tlsSessions?.empty) {
       started++;
-      await this.#dialWithRetry(round).catch(() => {});
+      await this.#dialWithRetry(round, signal).catch(() => {});
     }
     // A round that keeps failing without a success has found the relay down: start no more dials.
     const relayDown = (): boolean => round.successes === 0 && round.failures >= OUTAGE_FAILURES;
     const dialer = async (): Promise<void> => {
-      while (started < attempts && !this.#lifetime.signal.aborted && !relayDown()) {
+      while (started < attempts && !signal.aborted && !relayDown()) {
         started++;
-        await this.#dialWithRetry(round).catch(() => {});
+        await this.#dialWithRetry(round, signal).catch(() => {});
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.#dialConcurrency, attempts) }, dialer));
-    if (this.#lifetime.signal.aborted) return;
-    this.#capacity = nextCapacity({
-      successes: round.successes,
-      attempts,
-      capacity: this.#capacity,
-      minCap: this.#minCap,
-      maxCap: this.#maxCap,
-    });
+    if (signal.aborted) return;
+    // Read after the round: a reconfiguration during it applies now.
+    const { minCap, maxCap, minInterval, maxInterval } = this.#settings;
+    this.#capacity = nextCapacity({ successes: round.successes, attempts, capacity: this.#capacity, minCap, maxCap });
     this.#lastRoundFailed = attempts > 0 && round.successes === 0;
-    if (this.#lastRoundFailed) this.#interval = outageInterval(this.#interval, this.#minInterval, this.#maxInterval);
+    if (this.#lastRoundFailed) this.#interval = outageInterval(this.#interval, minInterval, maxInterval);
   }
 
-  #dialWithRetry(round: DialRound): Promise<void> {
-    return pRetry(() => this.#dial(round), {
+  #dialWithRetry(round: DialRound, signal: AbortSignal): Promise<void> {
+    return pRetry(() => this.#dial(round, signal), {
       // During an outage the probe does not retry: the doubling interval is the back-off.
       retries: this.#lastRoundFailed ? 0 : this.#dialRetries,
       // Retries are for a blip in a healthy round. Once a round has failed
@@ -305,12 +423,13 @@ export class ClientPool extends ErrorCountingEmitter {
       minTimeout: 100,
       maxTimeout: 1_000,
       randomize: true,
-      signal: this.#lifetime.signal,
+      signal,
     });
   }
 
-  async #dial(round: DialRound): Promise<void> {
+  async #dial(round: DialRound, signal: AbortSignal): Promise<void> {
     this.#stats.dials++;
+    const { keepAliveMs } = this.#settings;
     const ws = new WebSocket(this.#url, {
       perMessageDeflate: false,
       headers: this.#headers,
@@ -318,30 +437,39 @@ export class ClientPool extends ErrorCountingEmitter {
       ...this.#tls,
       ...(this.#tlsSessions && { createConnection: this.#tlsSessions.createConnection }),
     });
+    this.tracker.transition(ws, 'dialing', this.#trackedAddress);
+    let upgraded = false;
     let pingable = false;
     ws.once('upgrade', (response: IncomingMessage) => {
-      pingable = this.#keepAliveMs > 0 && response.headers[KEEPALIVE_HEADER] === KEEPALIVE_VALUE;
+      upgraded = true;
+      pingable = keepAliveMs > 0 && response.headers[KEEPALIVE_HEADER] === KEEPALIVE_VALUE;
+      this.tracker.transition(ws, 'handshaking');
+      this.#metrics?.dial('success');
     });
     const abort = (): void => ws.terminate();
-    this.#lifetime.signal.addEventListener('abort', abort);
+    signal.addEventListener('abort', abort);
     let socket: IdleSocket;
     try {
       socket = await receiveIdle(ws, this.#handshakeTimeoutMs);
     } catch (error) {
-      if (this.#lifetime.signal.aborted) throw new AbortError('the pool closed');
+      this.tracker.transition(ws, 'closed');
+      if (signal.aborted) throw new AbortError('the pool stopped');
+      this.#metrics?.[upgraded ? 'handshake' : 'dial'](outcomeOf(error));
       round.failures++;
       this.#stats.dialFailures++;
       this.reportError(error as Error);
       throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
     } finally {
-      this.#lifetime.signal.removeEventListener('abort', abort);
+      signal.removeEventListener('abort', abort);
     }
-    if (this.#lifetime.signal.aborted) {
+    this.#metrics?.handshake('success');
+    if (signal.aborted) {
+      this.tracker.transition(ws, 'closed');
       socket.destroy();
       return;
     }
     round.successes++;
-    if (this.#keepAliveMs > 0) rawSocketOf(socket.webSocket).setKeepAlive(true, this.#keepAliveMs);
+    if (keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, keepAliveMs);
     this.#admit(socket, pingable);
   }
 
@@ -355,12 +483,16 @@ export class ClientPool extends ErrorCountingEmitter {
       waiter.resolve(this.#leased(socket.claim()));
     } else {
       this.#claimWaiters.delete(id);
+      this.tracker.transition(socket.webSocket, 'idle');
       this.#idle.add(socket, pingable);
     }
     this.emit('connection', id);
   }
 
   #leased(conn: PoolConn): PoolConn {
+    const ws = conn.webSocket;
+    this.tracker.transition(ws, 'leased');
+    this.#leases.add(conn, () => this.tracker.transition(ws, 'closed'));
     // The manager refills what was taken without waiting out its interval.
     this.#wakeManager?.();
     return conn;
@@ -373,17 +505,17 @@ export class ClientPool extends ErrorCountingEmitter {
     if (waiters.length === 0) this.#claimWaiters.delete(id);
   }
 
-  #sleep(ms: number): Promise<void> {
+  #sleep(ms: number, signal: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
-        this.#lifetime.signal.removeEventListener('abort', done);
+        signal.removeEventListener('abort', done);
         this.#wakeManager = undefined;
         resolve();
       };
       const timer = setTimeout(done, ms);
       this.#wakeManager = done;
-      this.#lifetime.signal.addEventListener('abort', done);
+      signal.addEventListener('abort', done);
     });
   }
 

@@ -1,10 +1,9 @@
 import type { IncomingMessage, Server } from 'node:http';
 import { Server as HttpsServer } from 'node:https';
-import type { Server as NetServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TOKEN_HEADER } from '@pool/shared';
-import type { Allowlist } from './allowlist.js';
-import { tokensEqual } from './token.js';
+import { normalizeAddress, type Allowlist } from './allowlist.js';
+import { matchToken, type TokenEntry } from './token.js';
 
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
@@ -14,15 +13,28 @@ const STATUS_TEXT: Record<number, string> = {
   503: 'Service Unavailable',
 };
 
+/** Who may open connections: checked on every upgrade request, before any WebSocket exists. */
+export interface AdmissionPolicy {
+  readonly allowlist: Allowlist;
+  /** Accepted tokens; undefined when no token is required. */
+  readonly tokens: readonly TokenEntry[] | undefined;
+}
+
+/** An upgrade request refused (403 outside the allowlist, 401 for a bad token), or admitted as a client. */
+export type AdmissionDecision = { refused: 401 | 403 } | { client: string };
+
 /**
- * Whether an upgrade request may proceed: 403 for a peer outside the allowlist
- * (by its socket address; forwarding headers are never trusted), 401 for a
- * missing or wrong token, undefined when admitted.
+ * Checks an upgrade request against the policy. The peer is judged by its
+ * socket address (forwarding headers are never trusted), and identified by
+ * its named token if it presented one, else by that address.
  */
-export function refusalFor(request: IncomingMessage, allowlist: Allowlist, token: string | undefined): 401 | 403 | undefined {
-  if (!allowlist.allows(request.socket.remoteAddress)) return 403;
-  if (token !== undefined && !tokensEqual(token, request.headers[TOKEN_HEADER])) return 401;
-  return undefined;
+export function admit(request: IncomingMessage, policy: AdmissionPolicy): AdmissionDecision {
+  const address = request.socket.remoteAddress;
+  if (!policy.allowlist.allows(address)) return { refused: 403 };
+  if (policy.tokens === undefined) return { client: normalizeAddress(address ?? '') };
+  const token = matchToken(policy.tokens, request.headers[TOKEN_HEADER]);
+  if (token === undefined) return { refused: 401 };
+  return { client: token.client ?? normalizeAddress(address ?? '') };
 }
 
 /**
@@ -93,15 +105,4 @@ export class HeadersDeadline {
     this.#timers.set(socket, timer);
     socket.once('close', () => this.met(socket));
   };
-}
-
-/** `server.listen` as a promise that rejects with the listen error (EADDRINUSE, …). */
-export function listen(server: Server | NetServer, port: number, host: string | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.removeListener('error', reject);
-      resolve();
-    });
-  });
 }

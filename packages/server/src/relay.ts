@@ -11,15 +11,17 @@ import {
   PoolClosedError,
   checkInt,
   checkMs,
+  listen,
   encodeControl,
+  type DrainResult,
   splice,
 } from '@pool/shared';
-import { HeadersDeadline, httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
-import { parseAllowlist, type Allowlist } from './allowlist.js';
-import { ServerPool, type ServerPoolOptions } from './server-pool.js';
+import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
+import { ServerPool, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
 /** Options for {@link Relay}. */
-export interface RelayOptions extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'headersTimeout' | 'maxPayload'> {
+export interface RelayOptions
+  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'tokens' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
   /** Interface for the agents' port (pool and control). Default: all interfaces. */
   host?: string;
   /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */
@@ -72,9 +74,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly #headersDeadline: HeadersDeadline;
   readonly #publicServer: NetServer;
   readonly #controlWss: WebSocketServer;
-  readonly #allowlist: Allowlist;
-  readonly #token: string | undefined;
-  readonly #keepAliveMs: number;
+  #keepAliveMs: number;
   readonly #getTimeoutMs: number;
   readonly #listen: { host: string | undefined; port: number; publicHost: string | undefined; publicPort: number };
   readonly #userSockets = new Set<Socket>();
@@ -84,7 +84,7 @@ export class Relay extends ErrorCountingEmitter {
   #closing: Promise<void> | undefined;
 
   constructor(options: RelayOptions = {}) {
-    super();
+    super(options.logger);
     this.#keepAliveMs = checkMs('keepAlive', options.keepAlive ?? 30_000);
     this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
     this.#listen = {
@@ -93,8 +93,6 @@ export class Relay extends ErrorCountingEmitter {
       publicHost: options.publicHost,
       publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535),
     };
-    this.#allowlist = parseAllowlist(options.allow);
-    this.#token = options.token;
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
     const serverOptions = httpTimeouts(headersTimeout);
     this.#server = options.tls
@@ -123,7 +121,12 @@ export class Relay extends ErrorCountingEmitter {
     await listen(this.#server, this.#listen.port, this.#listen.host);
     await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost);
     await this.pool.ServerManager();
-    if (this.#keepAliveMs > 0) this.#controlPing = setInterval(this.#pingControl, this.#keepAliveMs).unref();
+    this.#startControlPing();
+  }
+
+  #startControlPing(): void {
+    clearInterval(this.#controlPing);
+    this.#controlPing = this.#keepAliveMs > 0 ? setInterval(this.#pingControl, this.#keepAliveMs).unref() : undefined;
   }
 
   /** The agents' port and the public port, once started. */
@@ -143,6 +146,28 @@ export class Relay extends ErrorCountingEmitter {
     };
   }
 
+  /**
+   * Changes the pool's settings while it runs (see `ServerPool#reconfigure`);
+   * the allowlist and tokens guard the control channel too, and `keepAlive`
+   * also sets its ping period. Throws `ERR_INVALID_OPTION`, changing nothing, for a bad value.
+   */
+  reconfigure(changes: ServerPoolSettings): void {
+    this.pool.reconfigure(changes);
+    if (changes.keepAlive === undefined) return;
+    this.#keepAliveMs = changes.keepAlive;
+    if (this.#server.listening && this.#closing === undefined) this.#startControlPing();
+  }
+
+  /**
+   * Stops taking users (the public port stops listening) and drains the pool:
+   * open tunnels get up to `timeoutMs` to finish, and are cut after it. Call
+   * `close()` afterwards; a drained relay is not restarted.
+   */
+  drain(timeoutMs: number): Promise<DrainResult> {
+    if (this.#publicServer.listening) this.#publicServer.close();
+    return this.pool.Drain(timeoutMs);
+  }
+
   /** Stops both listeners, closes the control channel, the pool and every open tunnel. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -151,7 +176,7 @@ export class Relay extends ErrorCountingEmitter {
 
   async #close(): Promise<void> {
     clearInterval(this.#controlPing);
-    this.#publicServer.close();
+    if (this.#publicServer.listening) this.#publicServer.close();
     this.#server.removeListener('upgrade', this.#onUpgrade);
     this.#server.close();
     this.#server.closeIdleConnections();
@@ -168,8 +193,8 @@ export class Relay extends ErrorCountingEmitter {
     if (path === '/') return; // the pool's
     socket.on('error', this.reportError);
     if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
-    const refusal = refusalFor(request, this.#allowlist, this.#token);
-    if (refusal) return refuseUpgrade(socket, refusal, 'unauthorized');
+    const decision = this.pool.admit(request);
+    if ('refused' in decision) return refuseUpgrade(socket, decision.refused, 'unauthorized');
     const agentId = String(request.headers[AGENT_ID_HEADER] ?? '');
     this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(ws, agentId));
   };
@@ -187,12 +212,14 @@ export class Relay extends ErrorCountingEmitter {
     ws.once('close', () => {
       if (this.#control !== control) return;
       this.#control = undefined;
+      this.logger.info({ agentId }, 'agent disconnected');
       this.emit('agent', false);
     });
     if (previous) {
       previous.ws.terminate();
       if (previous.agentId !== agentId) void this.pool.Flush();
     }
+    this.logger.info({ agentId, restarted: previous !== undefined && previous.agentId !== agentId }, 'agent connected');
     this.emit('agent', true);
   }
 

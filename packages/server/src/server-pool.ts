@@ -5,24 +5,35 @@ import type { Duplex } from 'node:stream';
 import type { SecureContextOptions, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
+  ConnectionTracker,
   ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   IdleSocket,
   KEEPALIVE_HEADER,
   KEEPALIVE_VALUE,
+  LeasedConnections,
   PendingGet,
   PoolClosedError,
+  PoolDrainingError,
+  PoolMetrics,
   checkInt,
   checkMs,
+  drainPool,
+  listen,
   PoolConn,
   generateId,
   rawSocketOf,
   sendIdFrame,
+  type DrainResult,
   type GetOptions,
+  type Logger,
+  type MetricsOptions,
 } from '@pool/shared';
-import { HeadersDeadline, httpTimeouts, listen, pathOf, refusalFor, refuseUpgrade } from './admission.js';
-import { parseAllowlist, type Allowlist } from './allowlist.js';
+import { HeadersDeadline, admit, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy } from './admission.js';
+import { parseAllowlist } from './allowlist.js';
+import { ClientGroups, type ClientGroup } from './client-groups.js';
+import { parseTokens } from './token.js';
 
 /** Options for {@link ServerPool}. */
 export interface ServerPoolOptions {
@@ -58,10 +69,39 @@ export interface ServerPoolOptions {
   keepAlive?: number;
   /** Shared secret the client must present in the `x-pool-token` header; else 401. Default: none. */
   token?: string;
+  /**
+   * Named secrets, `client name → secret`: a client presenting one is admitted
+   * and known by that name (see `'clientUp'`). Combines with `token`. Default: none.
+   */
+  tokens?: Readonly<Record<string, string>>;
   /** Time a client has for its TLS handshake, and again for its request headers, in ms (slowloris defence). Default: 10000. */
   headersTimeout?: number;
   /** Largest WebSocket message accepted, in bytes. Default: 16 MiB. */
   maxPayload?: number;
+  /** Publish Prometheus metrics (`pool_*`, label `pool` = `name`, default `'relay'`). Default: none. */
+  metrics?: MetricsOptions;
+  /** A pino-compatible logger. Default: silent. */
+  logger?: Logger;
+}
+
+/** The options `reconfigure` can change on a running pool. */
+export type ServerPoolSettings = Pick<ServerPoolOptions, 'maxCap' | 'allow' | 'clientIP' | 'keepAlive' | 'token' | 'tokens'>;
+
+interface Settings {
+  maxCap: number;
+  keepAliveMs: number;
+  admission: AdmissionPolicy;
+}
+
+/** Validates every setting at once, so that a bad one changes nothing. */
+function parseSettings(settings: ServerPoolSettings): Settings {
+  const allow = typeof settings.allow === 'string' ? [settings.allow] : [...(settings.allow ?? [])];
+  if (settings.clientIP) allow.push(settings.clientIP);
+  return {
+    maxCap: checkInt('maxCap', settings.maxCap ?? 100, 1),
+    keepAliveMs: checkMs('keepAlive', settings.keepAlive ?? 30_000),
+    admission: { allowlist: parseAllowlist(allow), tokens: parseTokens(settings.token, settings.tokens) },
+  };
 }
 
 /** What `IncomingGet` resolves with. */
@@ -71,21 +111,24 @@ export interface IncomingConnection {
   conn: PoolConn;
 }
 
-type State = 'idle' | 'listening' | 'closed';
+/** `idle`: not started, or drained (upgrades are refused with 503; gets wait). */
+type State = 'idle' | 'listening' | 'draining' | 'closed';
 
 /**
  * The relay's pool: accepts WebSocket upgrades from agents, gives each a fresh
  * CSPRNG ID, keeps them idle, and hands them out with `IncomingGet`.
  *
- * Events: `'connection'` (id) when a connection joins the pool; `'close'` after
- * `Close()`; `'error'` (error) for failures outside any call, emitted only when
+ * Events: `'connection'` (id) when a connection joins the pool; `'clientUp'`
+ * (client) when a client's first connection arrives and `'clientDown'`
+ * (client) once when its last one closes; `'close'` after `Close()`;
+ * `'error'` (error) for failures outside any call, emitted only when
  * something listens (they are always counted in `ErrorCount()`).
  */
 export class ServerPool extends ErrorCountingEmitter {
-  readonly #maxCap: number;
-  readonly #keepAliveMs: number;
-  readonly #allowlist: Allowlist;
-  readonly #token: string | undefined;
+  /** Every connection's lifecycle: `stats()` and `report()` for monitoring. */
+  readonly tracker = new ConnectionTracker();
+  #settingsInput: ServerPoolSettings;
+  #settings: Settings;
   readonly #listen: { host: string | undefined; port: number };
   readonly #ownsServer: boolean;
   readonly #server: Server;
@@ -93,23 +136,26 @@ export class ServerPool extends ErrorCountingEmitter {
   readonly #headersDeadline: HeadersDeadline | undefined;
   readonly #wss: WebSocketServer;
   readonly #idle: IdleConnections;
-  /** Every open connection's ID, idle or handed out: new IDs must avoid all of them. */
-  readonly #liveIds = new Set<string>();
+  readonly #leases = new LeasedConnections();
+  /** Every open connection's ID, idle or handed out (new IDs must avoid all of them), and its client. */
+  readonly #clientById = new Map<string, ClientGroup>();
+  readonly #clients: ClientGroups;
+  readonly #metrics: PoolMetrics | undefined;
+  /** The address connections are tracked under, once listening. */
+  #trackedAddress = '';
   readonly #incomingWaiters: PendingGet<IncomingConnection>[] = [];
   /** Sockets between our accept and ws's callback; counted against `maxCap`, destroyed by `Close()`. */
   readonly #upgrading = new Set<Duplex>();
   #state: State = 'idle';
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
+  #draining: Promise<DrainResult> | undefined;
 
   constructor(options: ServerPoolOptions = {}) {
-    super();
-    this.#maxCap = checkInt('maxCap', options.maxCap ?? 100, 1);
-    this.#keepAliveMs = checkMs('keepAlive', options.keepAlive ?? 30_000);
-    const allow = typeof options.allow === 'string' ? [options.allow] : [...(options.allow ?? [])];
-    if (options.clientIP) allow.push(options.clientIP);
-    this.#allowlist = parseAllowlist(allow);
-    this.#token = options.token;
+    super(options.logger);
+    const { maxCap, allow, clientIP, keepAlive, token, tokens } = options;
+    this.#settingsInput = { maxCap, allow, clientIP, keepAlive, token, tokens };
+    this.#settings = parseSettings(this.#settingsInput);
     this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
 
@@ -128,25 +174,46 @@ export class ServerPool extends ErrorCountingEmitter {
       maxPayload: checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1),
     });
     this.#wss.on('headers', this.#confirmKeepAlive);
-    this.#idle = new IdleConnections(this.#keepAliveMs || 30_000, this.reportError, (id) => this.#liveIds.delete(id));
+    this.#idle = new IdleConnections(this.#settings.keepAliveMs || 30_000, this.reportError, (socket) => {
+      this.tracker.transition(rawSocketOf(socket.webSocket), 'closed');
+      this.#forget(socket.id);
+    });
+    this.#clients = new ClientGroups(
+      (client) => this.emit('clientUp', client),
+      (client) => this.emit('clientDown', client),
+    );
+    this.#metrics =
+      options.metrics &&
+      new PoolMetrics(options.metrics, 'relay', {
+        tracker: this.tracker,
+        capacity: () => this.#settings.maxCap,
+        leasedBytes: () => this.#leases.bytes(),
+        clients: () => this.#clients.size,
+      });
   }
 
-  /** Starts listening (or attaches to `server`). Resolves once connections are accepted. Idempotent. */
-  ServerManager(): Promise<void> {
+  /**
+   * Starts listening (or attaches to `server`); after a drain, starts taking
+   * connections again. Resolves once connections are accepted. Idempotent.
+   */
+  async ServerManager(): Promise<void> {
+    if (this.#state === 'closed') throw new PoolClosedError();
     this.#started ??= this.#start();
-    return this.#started;
+    await this.#started;
+    // Close() or Drain() may have run while we were waiting to listen.
+    if (this.#state === 'idle' && this.#closing === undefined && this.#draining === undefined) this.#state = 'listening';
   }
 
   async #start(): Promise<void> {
-    if (this.#state === 'closed') throw new PoolClosedError();
     this.#server.on('upgrade', this.#onUpgrade);
     if (this.#ownsServer) {
       this.#server.on('request', this.#onPlainRequest);
       this.#server.on('error', this.reportError);
       await listen(this.#server, this.#listen.port, this.#listen.host);
     }
-    // Close() may have run while we were waiting to listen.
-    if (this.#closing === undefined) this.#state = 'listening';
+    const address = this.address();
+    this.#trackedAddress = address ? `${address.address}:${address.port}` : '';
+    this.logger.info({ address: this.#trackedAddress }, 'pool listening');
   }
 
   /** The listening address (as `net.Server#address()`), or null before `ServerManager()` resolves. */
@@ -164,9 +231,15 @@ export class ServerPool extends ErrorCountingEmitter {
    * when `options.signal` aborts, `ERR_POOL_CLOSED` on `Close()`, and
    * `ERR_INVALID_OPTION` for a bad timeout.
    */
-  async IncomingGet(timeoutMs: number, options: GetOptions = {}): Promise<IncomingConnection> {
+  IncomingGet(timeoutMs: number, options: GetOptions = {}): Promise<IncomingConnection> {
+    const get = this.#incomingGet(timeoutMs, options);
+    return this.#metrics ? this.#metrics.observeGet(get) : get;
+  }
+
+  async #incomingGet(timeoutMs: number, options: GetOptions): Promise<IncomingConnection> {
     checkMs('timeoutMs', timeoutMs);
     if (this.#state === 'closed') throw new PoolClosedError();
+    if (this.#state === 'draining') throw new PoolDrainingError();
     const conn = this.#idle.takeOldest();
     if (conn) return this.#leased(conn);
     const get: PendingGet<IncomingConnection> = new PendingGet(timeoutMs, options, () => {
@@ -188,14 +261,49 @@ export class ServerPool extends ErrorCountingEmitter {
 
   /** The most idle connections held (`maxCap`). */
   Capacity(): number {
-    return this.#maxCap;
+    return this.#settings.maxCap;
+  }
+
+  /** Connections handed out whose WebSockets are still open. */
+  Leased(): number {
+    return this.#leases.size;
+  }
+
+  /** Distinct clients (named token, else IP) with an open connection. */
+  Clients(): number {
+    return this.#clients.size;
+  }
+
+  /**
+   * Changes settings of the running pool; what is omitted stays as it is.
+   * Upgrades from now on see the new allowlist, tokens and `maxCap` (idle
+   * connections over a lowered cap are not closed: they leave as they are
+   * used); a new `keepAlive` applies to idle connections from their next
+   * sweep. No connection is dropped. Throws `ERR_INVALID_OPTION` for any bad
+   * value, and then nothing changes.
+   */
+  reconfigure(changes: ServerPoolSettings): void {
+    const input = { ...this.#settingsInput, ...changes };
+    const settings = parseSettings(input);
+    this.#settingsInput = input;
+    this.#settings = settings;
+    this.#idle.setKeepAlive(settings.keepAliveMs);
+    this.logger.info({ maxCap: settings.maxCap, keepAlive: settings.keepAliveMs }, 'pool reconfigured');
+  }
+
+  /**
+   * Checks an upgrade request against the allowlist and tokens, as the pool
+   * does for its own: for other upgrade paths on a shared server (the relay's
+   * control channel).
+   */
+  admit(request: IncomingMessage): AdmissionDecision {
+    return admit(request, this.#settings.admission);
   }
 
   /** Closes every idle connection (handed-out ones are untouched); agents refill. */
   Flush(): Promise<void> {
     return this.#idle.closeAll();
   }
-
 
   /**
    * Stops accepting, closes every idle connection and every upgrade in flight,
@@ -207,10 +315,41 @@ export class ServerPool extends ErrorCountingEmitter {
     return this.#closing;
   }
 
+  /**
+   * Stops taking work and waits for it to finish: upgrades are refused with
+   * 503, upgrades in flight are cut, waiting and new gets reject with
+   * `ERR_POOL_DRAINING`, idle connections are closed; then it waits up to
+   * `timeoutMs` for the connections already handed out to close, and destroys
+   * those still open. The listener stays open. `ServerManager()` starts the
+   * pool again; `Close()` ends it.
+   */
+  Drain(timeoutMs: number): Promise<DrainResult> {
+    checkMs('timeoutMs', timeoutMs);
+    if (this.#state === 'closed') return Promise.reject(new PoolClosedError());
+    this.#draining ??= this.#drain(timeoutMs).finally(() => {
+      this.#draining = undefined;
+    });
+    return this.#draining;
+  }
+
+  async #drain(timeoutMs: number): Promise<DrainResult> {
+    this.#state = 'draining';
+    const result = await drainPool(
+      { logger: this.logger, idle: this.#idle, leases: this.#leases, stopWork: () => this.#stopWork(new PoolDrainingError()) },
+      timeoutMs,
+    );
+    if (this.#state === 'draining') this.#state = 'idle';
+    return result;
+  }
+
+  #stopWork(reason: Error): void {
+    for (const get of this.#incomingWaiters.splice(0)) get.reject(reason);
+    for (const socket of this.#upgrading) socket.destroy();
+  }
+
   async #close(): Promise<void> {
     this.#state = 'closed';
-    for (const get of this.#incomingWaiters.splice(0)) get.reject(new PoolClosedError());
-    for (const socket of this.#upgrading) socket.destroy();
+    this.#stopWork(new PoolClosedError());
     this.#server.removeListener('upgrade', this.#onUpgrade);
     if (this.#ownsServer) {
       this.#server.removeListener('request', this.#onPlainRequest);
@@ -221,6 +360,7 @@ export class ServerPool extends ErrorCountingEmitter {
     }
     await this.#idle.closeAll();
     this.#idle.close();
+    this.#metrics?.detach();
     this.emit('close');
   }
 
@@ -229,51 +369,79 @@ export class ServerPool extends ErrorCountingEmitter {
     socket.on('error', this.reportError);
     if (pathOf(request.url) !== '/') {
       // Another listener on a shared server may own this path.
-      if (this.#server.listenerCount('upgrade') === 1) refuseUpgrade(socket, 404, 'not found');
+      if (this.#server.listenerCount('upgrade') === 1) this.#refuse(socket, 404, 'not found');
       return;
     }
-    const refusal = refusalFor(request, this.#allowlist, this.#token);
-    if (refusal) return refuseUpgrade(socket, refusal, 'unauthorized');
-    if (this.#state !== 'listening' || this.#idle.size + this.#upgrading.size >= this.#maxCap) {
-      return refuseUpgrade(socket, 503, 'pool full');
-    }
+    const decision = admit(request, this.#settings.admission);
+    if ('refused' in decision) return this.#refuse(socket, decision.refused, 'unauthorized');
+    if (this.#state !== 'listening') return this.#refuse(socket, 503, 'not taking connections');
+    if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap) return this.#refuse(socket, 503, 'pool full');
     this.#upgrading.add(socket);
+    this.tracker.transition(socket, 'handshaking', this.#trackedAddress);
     // ws answers a malformed handshake (bad key or version) itself and never calls back.
-    const forget = (): void => {
+    const abandoned = (): void => {
       this.#upgrading.delete(socket);
+      this.tracker.transition(socket, 'closed');
+      this.#metrics?.handshake('ERR_HANDSHAKE_CLOSED');
     };
-    socket.once('close', forget);
+    socket.once('close', abandoned);
     this.#wss.handleUpgrade(request, socket, head, (ws) => {
-      socket.removeListener('close', forget);
-      forget();
-      this.#admit(ws, request);
+      socket.removeListener('close', abandoned);
+      this.#upgrading.delete(socket);
+      this.#admit(ws, request, decision.client);
     });
   };
 
-  #admit(ws: WebSocket, request: IncomingMessage): void {
-    if (this.#state === 'closed') {
+  #refuse(socket: Duplex, status: number, body: string): void {
+    this.#metrics?.upgradeRejected(status);
+    this.logger.debug({ status, remoteAddress: (socket as { remoteAddress?: string }).remoteAddress }, 'upgrade refused');
+    refuseUpgrade(socket, status, body);
+  }
+
+  #admit(ws: WebSocket, request: IncomingMessage, client: string): void {
+    const socket = rawSocketOf(ws);
+    if (this.#state !== 'listening') {
+      // Closed or drained while ws completed the handshake.
+      this.tracker.transition(socket, 'closed');
+      this.#metrics?.handshake(this.#state === 'closed' ? 'ERR_POOL_CLOSED' : 'ERR_POOL_DRAINING');
       ws.terminate();
       return;
     }
-    const id = generateId((candidate) => this.#liveIds.has(candidate));
+    const id = generateId((candidate) => this.#clientById.has(candidate));
     sendIdFrame(ws, id);
-    this.#liveIds.add(id);
-    if (this.#keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, this.#keepAliveMs);
+    this.#metrics?.handshake('success');
+    this.#clientById.set(id, this.#clients.join(client));
+    const { keepAliveMs } = this.#settings;
+    if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
 
     const waiter = this.#incomingWaiters.find((get) => !get.settled);
     if (waiter) {
       this.#incomingWaiters.splice(0, this.#incomingWaiters.indexOf(waiter) + 1);
       waiter.resolve(this.#leased(new PoolConn(ws, id)));
     } else {
-      this.#idle.add(new IdleSocket(ws, id), this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
+      this.tracker.transition(socket, 'idle');
+      this.#idle.add(new IdleSocket(ws, id), keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
     }
     this.emit('connection', id);
   }
 
-  /** A connection leaves the pool: its ID stays taken until its WebSocket closes. */
+  /** A connection leaves the pool: its ID stays taken, and its client present, until its WebSocket closes. */
   #leased(conn: PoolConn): IncomingConnection {
-    conn.once('transportClose', () => this.#liveIds.delete(conn.id));
+    const socket = rawSocketOf(conn.webSocket);
+    this.tracker.transition(socket, 'leased');
+    this.#leases.add(conn, () => {
+      this.tracker.transition(socket, 'closed');
+      this.#forget(conn.id);
+    });
     return { id: conn.id, conn };
+  }
+
+  /** A connection's WebSocket has closed: its ID is free again. */
+  #forget(id: string): void {
+    const group = this.#clientById.get(id);
+    if (group === undefined) return;
+    this.#clientById.delete(id);
+    this.#clients.leave(group);
   }
 
 
@@ -282,7 +450,7 @@ export class ServerPool extends ErrorCountingEmitter {
   }
 
   readonly #confirmKeepAlive = (headers: string[], request: IncomingMessage): void => {
-    if (this.#keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request)) {
+    if (this.#settings.keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request)) {
       headers.push(`${KEEPALIVE_HEADER}: ${KEEPALIVE_VALUE}`);
     }
   };
@@ -298,5 +466,4 @@ export class ServerPool extends ErrorCountingEmitter {
     });
     response.end(body);
   };
-
 }

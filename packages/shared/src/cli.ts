@@ -1,4 +1,9 @@
+import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
+import type { Registry } from 'prom-client';
+import { InvalidOptionError } from './errors.js';
+import { listen } from './listen.js';
+import type { Logger } from './logger.js';
 
 /** One command-line flag; each can also be set by the env var `POOL_<FLAG_NAME>`. */
 export interface FlagSpec {
@@ -85,4 +90,48 @@ export function runUntilSignal(command: string, close: () => Promise<void>, stat
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+type LogLevel = (typeof LOG_LEVELS)[number];
+
+/**
+ * A small pino-shaped logger for the CLIs: one JSON object per line, with
+ * `level`, `time` (ms since the epoch), `msg` and the fields; an `err` field
+ * is written as its message and code. Levels below `level` are dropped;
+ * `'off'` drops everything.
+ */
+export function createLineLogger(level: string, write: (line: string) => void): Logger {
+  const threshold = level === 'off' ? LOG_LEVELS.length : LOG_LEVELS.indexOf(level as LogLevel);
+  if (threshold < 0) throw new InvalidOptionError('log level', level, `one of off, ${LOG_LEVELS.join(', ')}`);
+  const at =
+    (rank: number, name: LogLevel) =>
+    (fields: object, message?: string): void => {
+      if (rank < threshold) return;
+      const { err, ...rest } = fields as { err?: unknown };
+      const error = err instanceof Error ? { message: err.message, code: (err as { code?: unknown }).code } : err;
+      write(`${JSON.stringify({ level: name, time: Date.now(), msg: message, ...rest, ...(error !== undefined && { err: error }) })}\n`);
+    };
+  return { debug: at(0, 'debug'), info: at(1, 'info'), warn: at(2, 'warn'), error: at(3, 'error') };
+}
+
+/**
+ * Serves `registry` in the Prometheus text format on `GET /metrics` (404 for
+ * anything else). Resolves once listening; rejects with the listen error.
+ * Later server errors go to `onError`.
+ */
+export async function serveMetrics(registry: Registry, host: string, port: number, onError: (error: Error) => void): Promise<Server> {
+  const server = createServer((request, response) => {
+    if (request.method !== 'GET' || request.url?.split('?', 1)[0] !== '/metrics') {
+      response.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found');
+      return;
+    }
+    registry.metrics().then(
+      (text) => response.writeHead(200, { 'Content-Type': registry.contentType }).end(text),
+      (error: unknown) => response.writeHead(500, { 'Content-Type': 'text/plain' }).end(String(error)),
+    );
+  });
+  await listen(server, port, host);
+  server.on('error', onError);
+  return server;
 }

@@ -26,6 +26,13 @@ export class PoolClosedError extends PoolError {
   }
 }
 
+/** The pool is draining: it takes no new work until it is started again. */
+export class PoolDrainingError extends PoolError {
+  constructor(message = 'the pool is draining') {
+    super('ERR_POOL_DRAINING', message);
+  }
+}
+
 /** The caller's `AbortSignal` fired. `cause` holds the signal's reason. */
 export class PoolAbortedError extends PoolError {
   constructor(reason?: unknown) {

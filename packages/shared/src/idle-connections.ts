@@ -29,15 +29,15 @@ export class IdleConnections {
   /**
    * @param keepAliveMs ping period for connections added with `pingable`, in ms.
    * @param onError called with errors of idle connections.
-   * @param onGone called with the ID of an idle connection that closed.
+   * @param onGone called with an idle connection that closed.
    */
-  constructor(keepAliveMs: number, onError: (error: Error) => void, onGone: (id: string) => void = () => {}) {
+  constructor(keepAliveMs: number, onError: (error: Error) => void, onGone: (socket: IdleSocket) => void) {
     this.#sweeper = new KeepAliveSweeper(keepAliveMs);
     this.#owner = {
       onError,
       onGone: (socket) => {
         this.#remove(socket);
-        onGone(socket.id);
+        onGone(socket);
       },
     };
   }
@@ -108,6 +108,16 @@ export class IdleConnections {
     this.#arrivals = [];
     this.#arrivalsHead = 0;
     await Promise.all(sockets.map((socket) => closeWithin(socket, code, CLOSE_GRACE_MS)));
+  }
+
+  /**
+   * Changes the keep-alive period of connections already here, from the next
+   * sweep on; 0 stops pinging them. Which new connections are pinged is up to
+   * the `pingable` the pool passes to `add`.
+   */
+  setKeepAlive(keepAliveMs: number): void {
+    if (keepAliveMs === 0) this.#sweeper.close();
+    else this.#sweeper.setPeriod(keepAliveMs);
   }
 
   /** Stops keep-alive. Call after `closeAll` when the pool shuts down. */

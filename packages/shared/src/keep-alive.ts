@@ -28,7 +28,7 @@ interface Liveness {
  * peer does not answer pings on idle connections.
  */
 export class KeepAliveSweeper {
-  readonly #periodMs: number;
+  #periodMs: number;
   readonly #livenessByWebSocket = new Map<WebSocket, Liveness>();
   /** One listener for every tracked socket: a pong answers our ping; a ping from the peer proves the path alive just as well. */
   readonly #onHeard: (this: WebSocket) => void;
@@ -56,10 +56,15 @@ export class KeepAliveSweeper {
     ws.on('pong', this.#onHeard);
     ws.on('ping', this.#onHeard);
     this.#livenessByWebSocket.set(ws, { target, owed: false, heard: false });
-    if (this.#timer === undefined) {
-      // Unref'd: liveness checks alone must never keep a process alive.
-      this.#timer = setInterval(this.#sweep, this.#periodMs).unref();
-    }
+    if (this.#timer === undefined) this.#startTimer();
+  }
+
+  /** Changes the period from the next sweep on. */
+  setPeriod(periodMs: number): void {
+    this.#periodMs = periodMs;
+    if (this.#timer === undefined) return;
+    this.#stopTimer();
+    this.#startTimer();
   }
 
   untrack(target: Pingable): void {
@@ -74,6 +79,11 @@ export class KeepAliveSweeper {
   close(): void {
     for (const { target } of [...this.#livenessByWebSocket.values()]) this.untrack(target);
     this.#stopTimer();
+  }
+
+  #startTimer(): void {
+    // Unref'd: liveness checks alone must never keep a process alive.
+    this.#timer = setInterval(this.#sweep, this.#periodMs).unref();
   }
 
   #stopTimer(): void {

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import type { AddressInfo } from 'node:net';
+import { Registry } from 'prom-client';
+import { createLineLogger, numberFlag, parseCommandLine, runUntilSignal, serveMetrics } from '@pool/shared';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
 
 const COMMAND = 'pool-agent';
 
-function main(): void {
+async function main(): Promise<void> {
   const flags = parseCommandLine(
     COMMAND,
     'The private half of a tunnel: keeps pooled connections to the relay at --server and connects each\ntunnel the relay opens to --target.',
@@ -22,11 +24,18 @@ function main(): void {
       'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000' },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
       'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
+      'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000' },
+      'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)' },
+      'metrics-host': { type: 'string', description: 'interface for the metrics port', default: '127.0.0.1' },
+      'log-level': { type: 'string', description: 'JSON log lines on stderr: off | error | warn | info | debug', default: 'info' },
     },
   );
   if (!flags) return;
   if (!flags.server || !flags.target) throw new Error('--server and --target are required (see --help)');
   const tls: TlsMode = flags['tls-ca'] ? { ca: readFileSync(String(flags['tls-ca'])) } : (String(flags.tls) as TlsMode);
+  const logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
+  const registry = flags['metrics-port'] === undefined ? undefined : new Registry();
+  const drainTimeout = numberFlag(flags, 'drain-timeout');
   const agent = new Agent({
     server: String(flags.server),
     target: String(flags.target),
@@ -37,13 +46,25 @@ function main(): void {
     minInterval: numberFlag(flags, 'min-interval'),
     maxInterval: numberFlag(flags, 'max-interval'),
     keepAlive: numberFlag(flags, 'keep-alive'),
+    metrics: registry && { registry },
+    logger,
   });
   agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
+  const metricsServer =
+    registry &&
+    (await serveMetrics(registry, String(flags['metrics-host']), numberFlag(flags, 'metrics-port'), (error) =>
+      logger.error({ err: error }, 'metrics server failed'),
+    ));
   agent.start();
-  process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}\n`);
+  const metricsPort = metricsServer ? ` metrics-port=${(metricsServer.address() as AddressInfo).port}` : '';
+  process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}${metricsPort}\n`);
   runUntilSignal(
     COMMAND,
-    () => agent.close(),
+    async () => {
+      await agent.drain(drainTimeout);
+      await agent.close();
+      metricsServer?.close();
+    },
     () => {
       const s = agent.stats();
       return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} dials=${s.dials} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.ErrorCount()}`;
@@ -52,9 +73,7 @@ function main(): void {
   );
 }
 
-try {
-  main();
-} catch (error) {
+main().catch((error: unknown) => {
   process.stderr.write(`${COMMAND}: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(2);
-}
+});

@@ -1,0 +1,104 @@
+import type { IdleConnections } from './idle-connections.js';
+import type { Logger } from './logger.js';
+import type { PoolConn } from './pool-conn.js';
+
+/** Payload bytes moved through a pool's leased connections. */
+export interface LeasedBytes {
+  /** Received from the peer. */
+  read: number;
+  /** Sent to the peer. */
+  written: number;
+}
+
+/** What a drain did. */
+export interface DrainResult {
+  /** Leased connections still open at the deadline, and destroyed. */
+  destroyed: number;
+}
+
+/**
+ * The connections a pool has handed out, until their WebSockets close: what
+ * a drain waits for, and where the bytes that went through the pool are
+ * counted (those of open leases included, so a long tunnel shows its traffic
+ * before it ends).
+ */
+export class LeasedConnections {
+  readonly #open = new Set<PoolConn>();
+  readonly #closedBytes: LeasedBytes = { read: 0, written: 0 };
+  #emptied: Array<() => void> = [];
+
+  get size(): number {
+    return this.#open.size;
+  }
+
+  /** Tracks a connection just handed out; `onClosed` runs once when its WebSocket closes. */
+  add(conn: PoolConn, onClosed: (conn: PoolConn) => void): void {
+    this.#open.add(conn);
+    conn.once('transportClose', () => {
+      this.#open.delete(conn);
+      this.#closedBytes.read += conn.bytesRead;
+      this.#closedBytes.written += conn.bytesWritten;
+      onClosed(conn);
+      if (this.#open.size === 0) for (const resolve of this.#emptied.splice(0)) resolve();
+    });
+  }
+
+  /** Bytes through every connection ever leased. O(open leases). */
+  bytes(): LeasedBytes {
+    let { read, written } = this.#closedBytes;
+    for (const conn of this.#open) {
+      read += conn.bytesRead;
+      written += conn.bytesWritten;
+    }
+    return { read, written };
+  }
+
+  /** Waits up to `timeoutMs` for every open one to close, then destroys those still open. */
+  async drain(timeoutMs: number): Promise<DrainResult> {
+    const emptied = await this.#whenEmpty(timeoutMs);
+    return { destroyed: emptied ? 0 : this.#destroyAll() };
+  }
+
+  #whenEmpty(timeoutMs: number): Promise<boolean> {
+    if (this.#open.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.#emptied = this.#emptied.filter((waiter) => waiter !== done);
+        resolve(false);
+      }, timeoutMs);
+      this.#emptied.push(done);
+    });
+  }
+
+  #destroyAll(): number {
+    const count = this.#open.size;
+    for (const conn of this.#open) conn.destroy();
+    return count;
+  }
+}
+
+/** What a drain works through; both pools have these. */
+export interface Drainable {
+  readonly logger: Logger;
+  readonly idle: IdleConnections;
+  readonly leases: LeasedConnections;
+  /** Stops new work (dials, upgrades) and rejects waiting gets; resolves once stopped. */
+  stopWork(): Promise<void> | void;
+}
+
+/**
+ * A drain's steps, the same for both pools: stop new work, close the idle
+ * connections, give the leased ones until `timeoutMs`, destroy the rest.
+ */
+export async function drainPool(pool: Drainable, timeoutMs: number): Promise<DrainResult> {
+  pool.logger.info({ leased: pool.leases.size, idle: pool.idle.size, timeoutMs }, 'pool draining');
+  await pool.stopWork();
+  await pool.idle.closeAll();
+  const result = await pool.leases.drain(timeoutMs);
+  pool.logger.info(result, 'pool drained');
+  return result;
+}

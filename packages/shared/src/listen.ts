@@ -1,0 +1,12 @@
+import type { Server } from 'node:net';
+
+/** `server.listen` as a promise that rejects with the listen error (EADDRINUSE, …). */
+export function listen(server: Server, port: number, host: string | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.removeListener('error', reject);
+      resolve();
+    });
+  });
+}
