@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -126,8 +126,8 @@ describe('hostile input', () => {
   }, 60_000);
 
   it('a text frame gets close 1003, an oversized frame 1009, a talking control client 1003', async () => {
-    const asAgent = async (path: string): Promise<WebSocket> => {
-      const ws = new WebSocket(`wss://127.0.0.1:${ports.port}${path}`, { rejectUnauthorized: false, perMessageDeflate: false });
+    const asAgent = async (path: string, headers: Record<string, string> = {}): Promise<WebSocket> => {
+      const ws = new WebSocket(`wss://127.0.0.1:${ports.port}${path}`, { rejectUnauthorized: false, perMessageDeflate: false, headers });
       ws.on('error', () => {});
       return ws;
     };
@@ -147,7 +147,13 @@ describe('hostile input', () => {
     oversized.send(Buffer.alloc(1024 * 1024 + 1));
     expect(await bigClosed).toBe(1009);
 
-    const control = await asAgent('/control');
+    // Without an agent ID a control upgrade is refused: a stray client cannot take the channel.
+    const anonymous = await asAgent('/control');
+    const refusal = await new Promise<number>((resolve) => anonymous.once('unexpected-response', (_req, res: { statusCode: number }) => resolve(res.statusCode)));
+    expect(refusal).toBe(400);
+    anonymous.terminate();
+
+    const control = await asAgent('/control', { 'x-pool-agent-id': randomUUID() });
     await new Promise((resolve) => control.once('open', resolve));
     const controlClosed = closeCode(control);
     control.send('{"v":1,"type":"connect","id":"a1b2c3d4"}');

@@ -19,6 +19,8 @@ import {
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { ServerPool, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
+const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /** Options for {@link Relay}. */
 export interface RelayOptions
   extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'tokens' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
@@ -195,7 +197,10 @@ export class Relay extends ErrorCountingEmitter {
     if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
     const decision = this.pool.admit(request);
     if ('refused' in decision) return refuseUpgrade(socket, decision.refused, 'unauthorized');
-    const agentId = String(request.headers[AGENT_ID_HEADER] ?? '');
+    // An agent names itself with a UUID; a request without one is not an agent,
+    // and must not take the control channel from the one that is.
+    const agentId = request.headers[AGENT_ID_HEADER];
+    if (typeof agentId !== 'string' || !AGENT_ID_PATTERN.test(agentId)) return refuseUpgrade(socket, 400, 'missing or malformed agent id');
     this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(ws, agentId));
   };
 
