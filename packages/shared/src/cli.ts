@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import type { Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 import { InvalidOptionError } from './errors.js';
 import { listen } from './listen.js';
 import type { Logger } from './logger.js';
@@ -134,4 +135,56 @@ export async function serveMetrics(registry: Registry, host: string, port: numbe
   await listen(server, port, host);
   server.on('error', onError);
   return server;
+}
+
+/** The flags both CLIs take for operating them: shutdown drain, metrics and logs. */
+export const OPERATION_FLAGS: Record<string, FlagSpec> = {
+  'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000' },
+  'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)' },
+  'metrics-host': { type: 'string', description: 'interface for the metrics port', default: '127.0.0.1' },
+  'log-level': { type: 'string', description: 'JSON log lines on stderr: off | error | warn | info | debug', default: 'info' },
+};
+
+/** A relay or an agent, as far as shutting it down goes. */
+interface Stoppable {
+  drain(timeoutMs: number): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * What {@link OPERATION_FLAGS} ask for: a logger to stderr, a metrics
+ * registry (when `--metrics-port` is set) and its server, and the shutdown
+ * that drains before it closes.
+ */
+export class CliOperations {
+  readonly logger: Logger;
+  /** Pass as the `metrics` option; undefined without `--metrics-port`. */
+  readonly metrics: { registry: Registry } | undefined;
+  readonly #flags: FlagValues;
+  readonly #drainTimeoutMs: number;
+  #metricsServer: Server | undefined;
+
+  constructor(flags: FlagValues) {
+    this.#flags = flags;
+    this.logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
+    this.metrics = flags['metrics-port'] === undefined ? undefined : { registry: new Registry() };
+    this.#drainTimeoutMs = numberFlag(flags, 'drain-timeout');
+  }
+
+  /** Starts the metrics server if asked; returns ` metrics-port=N` for the ready line, or ''. */
+  async serveMetrics(): Promise<string> {
+    if (this.metrics === undefined) return '';
+    const flags = this.#flags;
+    this.#metricsServer = await serveMetrics(this.metrics.registry, String(flags['metrics-host']), numberFlag(flags, 'metrics-port'), (error) =>
+      this.logger.error({ err: error }, 'metrics server failed'),
+    );
+    return ` metrics-port=${(this.#metricsServer.address() as AddressInfo).port}`;
+  }
+
+  /** Drains `target` for `--drain-timeout`, closes it, then the metrics server. */
+  async shutDown(target: Stoppable): Promise<void> {
+    await target.drain(this.#drainTimeoutMs);
+    await target.close();
+    this.#metricsServer?.close();
+  }
 }

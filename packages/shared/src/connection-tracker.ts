@@ -134,6 +134,11 @@ export class ConnectionTracker {
     return { state: entry.state, since: Date.now() - (this.#now() - entry.since), address: entry.address };
   }
 
+  /** Open connections per state, and reconciled transitions: `stats()` without the lease percentiles, O(1). */
+  counts(): Pick<TrackerStats, 'byState' | 'reconciled'> {
+    return { byState: { ...this.#byState }, reconciled: this.#reconciled };
+  }
+
   stats(): TrackerStats {
     const samples = this.#leaseDurations.slice(0, Math.min(this.#leasesRecorded, this.#leaseDurations.length)).sort();
     return {

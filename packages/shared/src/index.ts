@@ -10,7 +10,7 @@ export { PendingGet, type GetOptions } from './pending-get.js';
 export { IdleConnections } from './idle-connections.js';
 export * from './control.js';
 export { splice } from './splice.js';
-export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, type FlagSpec, type FlagValues } from './cli.js';
+export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, type FlagSpec, type FlagValues } from './cli.js';
 export { ErrorCountingEmitter } from './error-counting-emitter.js';
 export { ConnectionTracker, percentile, type ConnectionState, type OpenState, type ConnectionTrackerOptions, type Lifecycle, type TrackerStats, type AddressOccupancy } from './connection-tracker.js';
 export { LeasedConnections, drainPool, type LeasedBytes, type DrainResult, type Drainable } from './leased-connections.js';

@@ -58,13 +58,13 @@ class MetricFamilies {
     };
     gauge('pool_connections', 'Pooled connections open now, by lifecycle state.', ['state'], (metric) => {
       for (const [pool, source] of sources) {
-        const { byState } = source.tracker.stats();
+        const { byState } = source.tracker.counts();
         for (const state of Object.keys(byState) as OpenState[]) metric.set({ pool, state }, byState[state]);
       }
     });
     gauge('pool_websockets', 'WebSocket connections open now (idle and leased).', [], (metric) => {
       for (const [pool, source] of sources) {
-        const { byState } = source.tracker.stats();
+        const { byState } = source.tracker.counts();
         metric.set({ pool }, byState.idle + byState.leased);
       }
     });
@@ -98,7 +98,7 @@ class MetricFamilies {
       registers,
       collect() {
         this.reset();
-        for (const [pool, source] of sources) this.inc({ pool }, source.tracker.stats().reconciled);
+        for (const [pool, source] of sources) this.inc({ pool }, source.tracker.counts().reconciled);
       },
     });
     const counter = <L extends string>(name: string, help: string, label: L): Counter<'pool' | L> =>

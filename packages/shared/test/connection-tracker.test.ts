@@ -87,6 +87,7 @@ describe('ConnectionTracker: transitions out of order', () => {
     expect(stats.byState).toEqual({ dialing: 0, handshaking: 0, idle: 0, leased: 0 });
     expect(stats.byAddress['']!.open).toBe(0);
     expect(stats.reconciled).toBeGreaterThan(0);
+    expect(tracker.counts()).toEqual({ byState: stats.byState, reconciled: stats.reconciled });
   });
 });
 

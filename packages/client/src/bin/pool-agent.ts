@@ -1,8 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { Registry } from 'prom-client';
-import { createLineLogger, numberFlag, parseCommandLine, runUntilSignal, serveMetrics } from '@pool/shared';
+import { CliOperations, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
 
@@ -24,18 +22,13 @@ async function main(): Promise<void> {
       'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000' },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
       'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
-      'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000' },
-      'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)' },
-      'metrics-host': { type: 'string', description: 'interface for the metrics port', default: '127.0.0.1' },
-      'log-level': { type: 'string', description: 'JSON log lines on stderr: off | error | warn | info | debug', default: 'info' },
+      ...OPERATION_FLAGS,
     },
   );
   if (!flags) return;
   if (!flags.server || !flags.target) throw new Error('--server and --target are required (see --help)');
   const tls: TlsMode = flags['tls-ca'] ? { ca: readFileSync(String(flags['tls-ca'])) } : (String(flags.tls) as TlsMode);
-  const logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
-  const registry = flags['metrics-port'] === undefined ? undefined : new Registry();
-  const drainTimeout = numberFlag(flags, 'drain-timeout');
+  const operations = new CliOperations(flags);
   const agent = new Agent({
     server: String(flags.server),
     target: String(flags.target),
@@ -46,25 +39,16 @@ async function main(): Promise<void> {
     minInterval: numberFlag(flags, 'min-interval'),
     maxInterval: numberFlag(flags, 'max-interval'),
     keepAlive: numberFlag(flags, 'keep-alive'),
-    metrics: registry && { registry },
-    logger,
+    metrics: operations.metrics,
+    logger: operations.logger,
   });
   agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
-  const metricsServer =
-    registry &&
-    (await serveMetrics(registry, String(flags['metrics-host']), numberFlag(flags, 'metrics-port'), (error) =>
-      logger.error({ err: error }, 'metrics server failed'),
-    ));
+  const metricsPort = await operations.serveMetrics();
   agent.start();
-  const metricsPort = metricsServer ? ` metrics-port=${(metricsServer.address() as AddressInfo).port}` : '';
   process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}${metricsPort}\n`);
   runUntilSignal(
     COMMAND,
-    async () => {
-      await agent.drain(drainTimeout);
-      await agent.close();
-      metricsServer?.close();
-    },
+    () => operations.shutDown(agent),
     () => {
       const s = agent.stats();
       return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} dials=${s.dials} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} errors=${agent.ErrorCount()}`;

@@ -1,8 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
-import { Registry } from 'prom-client';
-import { createLineLogger, numberFlag, parseCommandLine, runUntilSignal, serveMetrics } from '@pool/shared';
+import { CliOperations, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
 import { generateDevCertificate } from '../dev-cert.js';
 import { Relay } from '../relay.js';
 
@@ -28,10 +26,7 @@ async function main(): Promise<void> {
       'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000' },
       'max-payload': { type: 'string', description: 'largest WebSocket message accepted, bytes', default: String(16 * 1024 * 1024) },
       'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
-      'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000' },
-      'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)' },
-      'metrics-host': { type: 'string', description: 'interface for the metrics port', default: '127.0.0.1' },
-      'log-level': { type: 'string', description: 'JSON log lines on stderr: off | error | warn | info | debug', default: 'info' },
+      ...OPERATION_FLAGS,
     },
   );
   if (!flags) return;
@@ -44,9 +39,7 @@ async function main(): Promise<void> {
     tls = dev;
     process.stdout.write(`${COMMAND} using a generated self-signed certificate (sha256 ${dev.fingerprint}); agents need --tls insecure\n`);
   }
-  const logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
-  const registry = flags['metrics-port'] === undefined ? undefined : new Registry();
-  const drainTimeout = numberFlag(flags, 'drain-timeout');
+  const operations = new CliOperations(flags);
   const relay = new Relay({
     host: String(flags.host),
     port: numberFlag(flags, 'port'),
@@ -60,26 +53,17 @@ async function main(): Promise<void> {
     getTimeout: numberFlag(flags, 'get-timeout'),
     headersTimeout: numberFlag(flags, 'headers-timeout'),
     maxPayload: numberFlag(flags, 'max-payload'),
-    metrics: registry && { registry },
-    logger,
+    metrics: operations.metrics,
+    logger: operations.logger,
   });
   relay.on('agent', (up: boolean) => process.stdout.write(`${COMMAND} agent ${up ? 'connected' : 'disconnected'}\n`));
   await relay.start();
-  const metricsServer =
-    registry &&
-    (await serveMetrics(registry, String(flags['metrics-host']), numberFlag(flags, 'metrics-port'), (error) =>
-      logger.error({ err: error }, 'metrics server failed'),
-    ));
+  const metricsPort = await operations.serveMetrics();
   const { port, publicPort } = relay.address();
-  const metricsPort = metricsServer ? ` metrics-port=${(metricsServer.address() as AddressInfo).port}` : '';
   process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
   runUntilSignal(
     COMMAND,
-    async () => {
-      await relay.drain(drainTimeout);
-      await relay.close();
-      metricsServer?.close();
-    },
+    () => operations.shutDown(relay),
     () => {
       const s = relay.stats();
       return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} errors=${relay.ErrorCount()}`;
