@@ -119,10 +119,11 @@ type State = 'new' | 'running' | 'draining' | 'closed';
 /** Outcomes so far of the dials of one fill round. */
 interface DialRound {
   successes: number;
-  failures: number;
+  /** Failures since the round's last success: a relay that died mid-round shows here. */
+  failuresInARow: number;
 }
 
-/** Failures without a success after which a round stops retrying. */
+/** Failures in a row after which a round starts and retries no more dials. */
 const OUTAGE_FAILURES = 3;
 
 /** Refusals that another attempt within the same round cannot change. */
@@ -388,15 +389,16 @@ export class ClientPool extends ErrorCountingEmitter {
         maxInterval: this.#settings.maxInterval,
       });
     }
-    const round: DialRound = { successes: 0, failures: 0 };
+    const round: DialRound = { successes: 0, failuresInARow: 0 };
     let started = 0;
     // Until we hold a TLS ticket, one dial goes first so that the rest can resume its session.
     if (attempts > 1 && this.#tlsSessions?.empty) {
       started++;
       await this.#dialWithRetry(round, signal).catch(() => {});
     }
-    // A round that keeps failing without a success has found the relay down: start no more dials.
-    const relayDown = (): boolean => round.successes === 0 && round.failures >= OUTAGE_FAILURES;
+    // A round whose dials keep failing has found the relay down (from the start, or since it died
+    // mid-round): start no more dials.
+    const relayDown = (): boolean => round.failuresInARow >= OUTAGE_FAILURES;
     const dialer = async (): Promise<void> => {
       while (started < attempts && !signal.aborted && !relayDown()) {
         started++;
@@ -416,10 +418,10 @@ export class ClientPool extends ErrorCountingEmitter {
     return pRetry(() => this.#dial(round, signal), {
       // During an outage the probe does not retry: the doubling interval is the back-off.
       retries: this.#lastRoundFailed ? 0 : this.#dialRetries,
-      // Retries are for a blip in a healthy round. Once a round has failed
-      // repeatedly without a single success the relay is down: stop here, and
-      // let the next rounds probe it one dial at a time.
-      shouldRetry: () => round.successes > 0 || round.failures < OUTAGE_FAILURES,
+      // Retries are for a blip in a healthy round. Once dials have failed
+      // several times in a row the relay is down: stop here, and let the next
+      // rounds probe it one dial at a time.
+      shouldRetry: () => round.failuresInARow < OUTAGE_FAILURES,
       minTimeout: 100,
       maxTimeout: 1_000,
       randomize: true,
@@ -455,7 +457,7 @@ export class ClientPool extends ErrorCountingEmitter {
       this.tracker.transition(ws, 'closed');
       if (signal.aborted) throw new AbortError('the pool stopped');
       this.#metrics?.[upgraded ? 'handshake' : 'dial'](outcomeOf(error));
-      round.failures++;
+      round.failuresInARow++;
       this.#stats.dialFailures++;
       this.reportError(error as Error);
       throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
@@ -469,6 +471,7 @@ export class ClientPool extends ErrorCountingEmitter {
       return;
     }
     round.successes++;
+    round.failuresInARow = 0;
     if (keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, keepAliveMs);
     this.#admit(socket, pingable);
   }
