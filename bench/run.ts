@@ -5,16 +5,18 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { bursts, type BurstRow } from './burst.js';
 import { killAll } from './lib.js';
 import { duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type MemoryRow } from './measure.js';
 import { barChart, document, lineChart } from './svg.js';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
+// `pnpm bench -- --quick` passes the `--` through: it is not an argument.
+const { values } = parseArgs({ args: process.argv.slice(2).filter((arg) => arg !== '--'), options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
 const quick = values.quick;
 const wanted = (name: string): boolean => values.only === undefined || values.only.split(',').includes(name);
 const sizes = quick
-  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2 }
-  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5 };
+  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2, bursts: [200, 1_000] }
+  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5, bursts: [200, 1_000] };
 
 interface Check {
   figure: string;
@@ -90,6 +92,26 @@ async function main(): Promise<void> {
     check('p99 latency the tunnel adds', `${(tunnel.tunnelP99 - tunnel.directP99).toFixed(2)} ms`, `direct p99 ${tunnel.directP99.toFixed(2)} ms`, undefined, 'reported', true);
   }
 
+  let burstRows: BurstRow[] | undefined;
+  if (wanted('burst')) {
+    console.log(`7. bursts of ${sizes.bursts.join(' and ')} users at once, cold and 10 s later, tunnel vs direct`);
+    burstRows = await bursts(sizes.bursts);
+    results.bursts = burstRows.map(({ tunnel, direct, ...row }) => ({ ...row, tunnel: { ...tunnel, sorted: undefined }, direct: { ...direct, sorted: undefined } }));
+    const ms = (value: number): string => `${value.toFixed(0)} ms`;
+    for (const { users, phase, tunnel, direct } of burstRows) {
+      const ratio = tunnel.p99 / direct.p99;
+      const bound = users === 1_000 && phase === 'cold' ? 2 : users === 200 && phase === 'warm' ? 5 : undefined;
+      check(
+        `burst of ${users}, ${phase}: ok/failed, time to first byte p50/p90/p99/max`,
+        `${tunnel.ok}/${tunnel.failed}, ${ms(tunnel.p50)}/${ms(tunnel.p90)}/${ms(tunnel.p99)}/${ms(tunnel.max)}`,
+        `direct ${direct.ok}/${direct.failed}, ${ms(direct.p50)}/${ms(direct.p90)}/${ms(direct.p99)}/${ms(direct.max)}`,
+        ratio,
+        bound === undefined ? 'reported' : `0 failed, p99 <= ${bound} x direct`,
+        bound === undefined || (tunnel.failed === 0 && ratio <= bound),
+      );
+    }
+  }
+
   const out = fileURLToPath(new URL('../../bench/results/', import.meta.url));
   mkdirSync(out, { recursive: true });
   results.checks = checks;
@@ -110,6 +132,15 @@ async function main(): Promise<void> {
     body += `\n${lineChart(`Agent filling ${sizes.fill} connections: idle and capacity over time`, 'ms', [
       { label: 'idle', color: '#2b6cb0', points: fill.samples.map((s, i) => [t[i]!, s.idle]) },
       { label: 'capacity', color: '#c05621', points: fill.samples.map((s, i) => [t[i]!, s.capacity]) },
+    ], 20, height, 760, 260)}`;
+    height += 270;
+  }
+  const largest = burstRows?.filter((row) => row.phase === 'cold').at(-1);
+  if (largest) {
+    const cdf = (sorted: number[]): Array<[number, number]> => sorted.map((time, index) => [time, index + 1]);
+    body += `\n${lineChart(`Burst of ${largest.users} users at once, cold: users answered by time to first byte`, 'ms', [
+      { label: 'through the tunnel', color: '#2b6cb0', points: cdf(largest.tunnel.sorted) },
+      { label: 'direct to the target', color: '#c05621', points: cdf(largest.direct.sorted) },
     ], 20, height, 760, 260)}`;
     height += 270;
   }

@@ -13,7 +13,9 @@ import { Pool } from 'undici';
 import { Agent } from '@pool/client';
 import { Relay, generateDevCertificate } from '@pool/server';
 
+// `pnpm demo -- --keep` passes the `--` through: it is not an argument.
 const { values } = parseArgs({
+  args: process.argv.slice(2).filter((arg) => arg !== '--'),
   options: {
     requests: { type: 'string', default: '3000' },
     concurrency: { type: 'string', default: '50' },

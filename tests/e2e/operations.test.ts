@@ -196,6 +196,8 @@ describe('connection tracker on live pools', () => {
     expect(agent.tracker.lifecycleOf(agentEnd.webSocket)?.state).toBe('leased');
 
     await sleep(30);
+    // Half-close is negotiated: the agent's end closes its direction once it has read the relay's end-of-stream.
+    agentEnd.resume();
     relayEnd.end();
     await until('the lease to close on both sides', () => relay.Leased() === 0 && agent.Leased() === 0);
     for (const pool of [relay, agent]) {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
@@ -13,8 +14,9 @@ export class CliProcess {
   readonly #waiters: Array<{ pattern: RegExp; resolve: (match: RegExpMatchArray) => void }> = [];
   readonly exited: Promise<number | null>;
 
-  constructor(bin: string, args: string[]) {
-    this.child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `nodeArgs` go to node itself, before the script (`--expose-gc`, …). */
+  constructor(bin: string, args: string[], nodeArgs: string[] = []) {
+    this.child = spawn(process.execPath, [...nodeArgs, bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
     const onLine = (line: string): void => {
       this.lines.push(line);
@@ -70,6 +72,18 @@ export class CliProcess {
     }
   }
 
+  /** Heap in use after a full GC, in bytes: for a process started with {@link HEAP_PROBE}. */
+  async heapUsed(): Promise<number> {
+    const reply = this.waitFor(/^heap-used (\d+)$/, 5_000);
+    this.child.kill('SIGUSR2');
+    return Number((await reply)[1]);
+  }
+
+  /** File descriptors the process holds now (Linux). */
+  fds(): number {
+    return readdirSync(`/proc/${this.child.pid}/fd`).length;
+  }
+
   /** SIGTERM (clean shutdown) or SIGKILL; resolves with the exit code once the process is gone. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
@@ -77,17 +91,20 @@ export class CliProcess {
   }
 }
 
-export async function startRelay(args: string[] = []): Promise<{ relay: CliProcess; port: number; publicPort: number }> {
-  const relay = new CliProcess(RELAY_BIN, ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', ...args]);
+/** Node flags that let a test ask a CLI for its heap after a full GC (see {@link CliProcess#heapUsed}). */
+export const HEAP_PROBE = ['--expose-gc', '--import', `${ROOT}build/tests/fixtures/heap-on-signal.js`];
+
+export async function startRelay(args: string[] = [], nodeArgs: string[] = []): Promise<{ relay: CliProcess; port: number; publicPort: number }> {
+  const relay = new CliProcess(RELAY_BIN, ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', ...args], nodeArgs);
   const match = await relay.waitFor(/ready port=(\d+) public-port=(\d+)/, 10_000, true);
   return { relay, port: Number(match[1]), publicPort: Number(match[2]) };
 }
 
-export async function startAgent(port: number, target: string, args: string[] = [], waitForControl = true): Promise<CliProcess> {
+export async function startAgent(port: number, target: string, args: string[] = [], waitForControl = true, nodeArgs: string[] = []): Promise<CliProcess> {
   const agent = new CliProcess(AGENT_BIN, [
     '--server', `127.0.0.1:${port}`, '--target', target, '--tls', 'insecure',
     '--min-interval', '50', '--max-interval', '1000', '--status-interval', '0', ...args,
-  ]);
+  ], nodeArgs);
   if (waitForControl) await agent.waitFor(/control connected/, 10_000, true);
   return agent;
 }

@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import WebSocket from 'ws';
-import { receiveId, type PoolConn } from '@pool/shared';
+import { receiveId, type Extensions, type PoolConn } from '@pool/shared';
 
 export interface RawResponse {
   status: number;
@@ -52,7 +52,7 @@ export function rawUpgrade(
 /** Opens a pool connection the way an agent does (optionally offering keep-alive) and reads its ID. */
 export function dialPool(
   url: string,
-  options: { headers?: Record<string, string>; autoPong?: boolean; family?: number } = {},
+  options: { headers?: Record<string, string>; autoPong?: boolean; family?: number; extensions?: Extensions } = {},
 ): Promise<PoolConn> {
   const ws = new WebSocket(url, {
     perMessageDeflate: false,
@@ -61,5 +61,5 @@ export function dialPool(
     autoPong: options.autoPong ?? true,
     family: options.family,
   });
-  return receiveId(ws, 5_000);
+  return receiveId(ws, 5_000, { extensions: options.extensions });
 }

@@ -13,6 +13,25 @@ export async function hashStream(stream: Readable): Promise<{ sha256: string; by
   return { sha256: hash.digest('hex'), bytes };
 }
 
+/**
+ * Reads a stream to its end with 'data' events and returns the SHA-256 and
+ * the byte count. Unlike `for await` (and so {@link hashStream}), it does not
+ * destroy the stream when the end comes: the other direction of a half-closed
+ * Duplex stays open.
+ */
+export function hashUntilEnd(stream: Readable): Promise<{ sha256: string; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    stream.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+    });
+    stream.once('error', reject);
+    stream.once('end', () => resolve({ sha256: hash.digest('hex'), bytes }));
+  });
+}
+
 /** Reads exactly `total` bytes (without ending the stream) and returns their SHA-256. */
 export function hashExactly(stream: Readable, total: number): Promise<string> {
   return new Promise((resolve, reject) => {

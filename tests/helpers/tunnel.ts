@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 
 export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
@@ -66,5 +66,80 @@ export function echoThrough(publicPort: number, payload: Buffer, maxChunk = 64 *
       }
     };
     writeFrom(0);
+  });
+}
+
+/** What a {@link scriptedService} answers: 64 KiB. */
+export const REPLY = randomBytes(64 * 1024);
+
+/**
+ * A service whose behaviour the user picks with the first line it sends:
+ * how it answers, and how it closes.
+ */
+export function scriptedService(): Server {
+  return createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on('error', () => {});
+    let line = '';
+    const onData = (data: Buffer): void => {
+      line += data.toString('latin1');
+      const newline = line.indexOf('\n');
+      if (newline < 0) return;
+      socket.removeListener('data', onData);
+      const mode = line.slice(0, newline);
+      switch (mode) {
+        case 'reply-then-end': // HTTP/1.0, Connection: close
+          socket.end(REPLY);
+          socket.resume();
+          break;
+        case 'reply': // keep-alive service: answers, ends when the user does
+          socket.write(REPLY);
+          socket.on('end', () => socket.end());
+          socket.resume();
+          break;
+        case 'destroy-before':
+          socket.destroy();
+          break;
+        case 'destroy-after':
+          socket.write(REPLY, () => socket.destroy());
+          break;
+        case 'read-to-eof': // answers only once the request has ended (nc -N users)
+          socket.on('end', () => socket.end(REPLY));
+          socket.resume();
+          break;
+        default:
+          socket.destroy();
+      }
+    };
+    socket.on('data', onData);
+  });
+}
+
+export type UserMode = 'end-after-reply' | 'destroy-before-reply' | 'destroy-after-reply' | 'half-close-then-read' | 'read-to-eof';
+
+/**
+ * One user of a {@link scriptedService}, through a tunnel or directly: asks
+ * for `targetMode`, behaves as `mode` says, and resolves with the reply bytes
+ * it read once its socket has closed.
+ */
+export function scriptedUser(publicPort: number, targetMode: string, mode: UserMode): Promise<number> {
+  return new Promise((resolve) => {
+    const socket = connect({ port: publicPort, host: '127.0.0.1', allowHalfOpen: true });
+    let received = 0;
+    socket.on('error', () => {});
+    socket.once('close', () => resolve(received));
+    socket.on('data', (data: Buffer) => {
+      received += data.length;
+      if (received >= REPLY.length && mode === 'end-after-reply') socket.end();
+      if (received >= REPLY.length && mode === 'destroy-after-reply') socket.destroy();
+    });
+    socket.on('end', () => socket.end());
+    socket.once('connect', () => {
+      if (mode === 'half-close-then-read') {
+        socket.end(`${targetMode}\n`);
+      } else {
+        socket.write(`${targetMode}\n`);
+        if (mode === 'destroy-before-reply') setTimeout(() => socket.destroy(), 5);
+      }
+    });
   });
 }

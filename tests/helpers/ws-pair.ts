@@ -2,7 +2,7 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import WebSocket, { WebSocketServer } from 'ws';
-import { PoolConn, generateId, receiveId, sendId } from '@pool/shared';
+import { NO_EXTENSIONS, PoolConn, generateId, receiveId, sendId, type Extensions } from '@pool/shared';
 import { selfSignedCert } from './tls-cert.js';
 
 export interface ConnPair {
@@ -28,14 +28,18 @@ export async function closeServer(server: Server): Promise<void> {
   await new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
-/** Two PoolConns joined over a real WebSocket on loopback, after a real ID handshake. */
-export async function connPair(options: { tls: boolean }): Promise<ConnPair> {
+/**
+ * Two PoolConns joined over a real WebSocket on loopback, after a real ID
+ * handshake, both with `extensions` (as if negotiated; default none).
+ */
+export async function connPair(options: { tls: boolean; extensions?: Extensions }): Promise<ConnPair> {
   const { server, wss, url } = await listenWs(options.tls);
+  const extensions = options.extensions ?? NO_EXTENSIONS;
   const serverSide = new Promise<PoolConn>((resolve) => {
-    wss.once('connection', (ws) => resolve(sendId(ws, generateId(() => false))));
+    wss.once('connection', (ws) => resolve(sendId(ws, generateId(() => false), { extensions })));
   });
   const ws = new WebSocket(url, { perMessageDeflate: false, rejectUnauthorized: false });
-  const [client, serverConn] = await Promise.all([receiveId(ws, 5_000), serverSide]);
+  const [client, serverConn] = await Promise.all([receiveId(ws, 5_000, { extensions }), serverSide]);
   return {
     server: serverConn,
     client,

@@ -120,16 +120,40 @@ describe('faults between agent and relay', () => {
     expect(recovered).toBe(true);
   }, 60_000);
 
-  it('a black hole is detected by keep-alive on both sides within 2 x keepAlive, and no dead connection is handed out', async () => {
+  it('a black hole is detected by keep-alive on both sides within 2 x keepAlive, and no user hangs on a dead connection', async () => {
     await relay.waitForStatus((s) => Number(s.idle?.split('/')[0]) >= 8, 10_000);
     await agent.waitForStatus((s) => Number(s.idle) >= 8, 10_000);
+    // An established tunnel that has gone quiet when the path dies.
+    const quiet = connect(ports.publicPort, '127.0.0.1');
+    quiet.on('error', () => {});
+    quiet.write('ping');
+    await new Promise((resolve) => quiet.once('data', resolve));
+    const quietClosed = new Promise<number>((resolve) => quiet.once('close', () => resolve(Date.now())));
     const holeAt = Date.now();
     proxy.faults.blackHole = true;
+    // Users who arrive before the hole is detected: each is closed, none hangs.
+    const hangs = [0, 400, 800, 1_200, 1_600].map(async (delay) => {
+      await sleep(delay);
+      const arrived = Date.now();
+      const user = connect(ports.publicPort, '127.0.0.1');
+      user.on('error', () => {});
+      user.on('data', () => {});
+      user.write('hello');
+      await new Promise((resolve) => user.once('close', resolve));
+      return Date.now() - arrived;
+    });
+    const detected = (cli: CliProcess, idle: (s: Record<string, string>) => string | undefined): Promise<number> =>
+      cli.waitForStatus((s) => idle(s) === '0', 4 * KEEPALIVE_MS).then(() => Date.now() - holeAt);
+    const relayDetection = detected(relay, (s) => s.idle?.split('/')[0]);
+    const agentDetection = detected(agent, (s) => s.idle);
     try {
-      await relay.waitForStatus((s) => s.idle?.split('/')[0] === '0', 4 * KEEPALIVE_MS);
-      const relayDetected = Date.now() - holeAt;
-      await agent.waitForStatus((s) => s.idle === '0', 4 * KEEPALIVE_MS);
-      const agentDetected = Date.now() - holeAt;
+      const [relayDetected, agentDetected] = await Promise.all([relayDetection, agentDetection]);
+      const hung = await Promise.all(hangs);
+      const quietAfter = (await quietClosed) - holeAt;
+      recordFigure('faults', `black hole: longest a user arriving in it waited before being closed (keepAlive ${KEEPALIVE_MS} ms)`, Math.max(...hung), 'ms');
+      recordFigure('faults', `black hole: quiet established tunnel torn down after (keepAlive ${KEEPALIVE_MS} ms)`, quietAfter, 'ms');
+      expect(Math.max(...hung)).toBeLessThanOrEqual(2 * KEEPALIVE_MS + 1_000);
+      expect(quietAfter).toBeLessThanOrEqual(2 * KEEPALIVE_MS + 1_000);
       recordFigure('faults', `black hole: relay dropped every idle connection after (keepAlive ${KEEPALIVE_MS} ms)`, relayDetected, 'ms');
       recordFigure('faults', `black hole: agent dropped every idle connection after (keepAlive ${KEEPALIVE_MS} ms)`, agentDetected, 'ms');
       // The worst case by design is 2 x keepAlive (ping at the first sweep after the

@@ -55,3 +55,23 @@ export function nextCapacity({ successes, attempts, capacity, minCap, maxCap }: 
 export function outageInterval(interval: number, minInterval: number, maxInterval: number): number {
   return Math.min(maxInterval, Math.max(minInterval, interval * 2, INTERVAL_STEP_MS));
 }
+
+export interface BurstInput {
+  /** Capacity that demand raised the pool to (0: none). */
+  burst: number;
+  /** Idle connections before the round. */
+  idle: number;
+  /** The round's target: the larger of the npws capacity and `burst`. */
+  capacity: number;
+}
+
+/**
+ * What is left of a burst's capacity after a fill round: it falls by one
+ * per round in which the pool stayed more than 80% idle (the state in which
+ * npws lengthens its interval), so a pool raised by demand returns to its npws
+ * capacity once the demand is gone, and keeps it while the demand lasts.
+ */
+export function nextBurst({ burst, idle, capacity }: BurstInput): number {
+  if (burst === 0) return 0;
+  return capacity > 0 && idle / capacity > HIGH_WATER ? burst - 1 : burst;
+}

@@ -6,13 +6,17 @@ import {
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
   CLOSE_TARGET_UNREACHABLE,
+  CONTROL_FEATURES,
+  CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
   ControlMessageError,
   InvalidOptionError,
   TOKEN_HEADER,
+  TargetUnreachableError,
   checkMs,
   decodeControl,
+  encodeControl,
   splice,
   type DrainResult,
   type PoolConn,
@@ -42,10 +46,16 @@ export interface AgentStats {
   claimFailures: number;
   /** Orders whose target refused or timed out. */
   targetFailures: number;
+  /** Demand messages received: users waiting at the relay, dialled for at once. */
+  demands: number;
   /** Times the control channel connected. */
   controlConnects: number;
   /** Pool dials started (retries included). */
   dials: number;
+  /** Pool dials started for demand (users waiting at the relay). */
+  demandDials: number;
+  /** The pool's fill rounds. */
+  rounds: number;
   idle: number;
   capacity: number;
   interval: number;
@@ -60,6 +70,12 @@ export function parseHostPort(name: string, value: string): { host: string; port
 }
 
 const CONTROL_RETRY_MIN_MS = 200;
+/**
+ * Longest pause between control reconnects, in ms: a restarted relay is
+ * serving users within about a second. A refused TCP connect per second costs
+ * the relay nothing worth saving.
+ */
+const CONTROL_RETRY_MAX_MS = 1_000;
 
 /**
  * The private half of a NodePass-style tunnel: a {@link ClientPool} of
@@ -68,7 +84,12 @@ const CONTROL_RETRY_MIN_MS = 200;
  * `OutgoingGet`, connected to `target`, and spliced to it.
  *
  * The control channel reconnects by itself with jittered exponential back-off
- * (200 ms up to `maxInterval`) and is kept alive with pings.
+ * (200 ms up to 1 s) and is kept alive with pings. The agent acknowledges
+ * each claim on it (the relay retries an order that is not acknowledged in
+ * time), and dials at once for the users the relay says are waiting.
+ *
+ * Tunnels carry half-close: a user's or the target's end-of-stream ends that
+ * direction only, when the relay negotiated it (ours does; see `halfClose`).
  *
  * Events: `'control'` (connected: boolean); `'tunnel'` ({ error }) when one
  * ends; `'error'` for failures outside any call (emitted only when listened to).
@@ -83,9 +104,9 @@ export class Agent extends ErrorCountingEmitter {
   readonly #claimTimeoutMs: number;
   readonly #targetTimeoutMs: number;
   readonly #keepAliveMs: number;
-  readonly #maxRetryMs: number;
+
   readonly #tunnels = new Set<PoolConn>();
-  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, controlConnects: 0 };
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, controlConnects: 0 };
   #control: WebSocket | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
@@ -100,10 +121,9 @@ export class Agent extends ErrorCountingEmitter {
     this.pool = new ClientPool(options);
     this.pool.on('error', this.reportError);
     this.#keepAliveMs = options.keepAlive ?? 30_000;
-    this.#maxRetryMs = Math.max(CONTROL_RETRY_MIN_MS, options.maxInterval ?? 5_000);
     const relay = resolveRelayTarget(options.server, options.tls);
     this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
-    const headers: Record<string, string> = { [AGENT_ID_HEADER]: this.agentId };
+    const headers: Record<string, string> = { [AGENT_ID_HEADER]: this.agentId, [CONTROL_FEATURES_HEADER]: CONTROL_FEATURES.join(',') };
     if (options.token !== undefined) headers[TOKEN_HEADER] = options.token;
     this.#controlOptions = { perMessageDeflate: false, maxPayload: CONTROL_MAX_BYTES, headers, handshakeTimeout: 10_000, ...relay.tls };
   }
@@ -116,9 +136,12 @@ export class Agent extends ErrorCountingEmitter {
   }
 
   stats(): AgentStats {
+    const { dials, demandDials, rounds } = this.pool.stats();
     return {
       ...this.#stats,
-      dials: this.pool.stats().dials,
+      dials,
+      demandDials,
+      rounds,
       open: this.#tunnels.size,
       idle: this.pool.Active(),
       capacity: this.pool.Capacity(),
@@ -176,7 +199,14 @@ export class Agent extends ErrorCountingEmitter {
       try {
         if (isBinary) throw new ControlMessageError('binary, expected JSON text');
         const message = decodeControl(data.toString());
-        void this.#serve(message.id);
+        if (message.type === 'connect') {
+          void this.#serve(message.id);
+        } else if (message.type === 'demand') {
+          this.#stats.demands++;
+          this.pool.dialNow(message.waiting);
+        } else {
+          throw new ControlMessageError(`${message.type} is not for agents`);
+        }
       } catch (error) {
         this.reportError(error as Error);
       }
@@ -188,7 +218,7 @@ export class Agent extends ErrorCountingEmitter {
       if (this.#closed) return;
       // Full jitter: a fleet of agents that lost one relay does not return in lockstep.
       const delay = Math.round(this.#retryDelayMs * (0.5 + Math.random() / 2));
-      this.#retryDelayMs = Math.min(this.#maxRetryMs, this.#retryDelayMs * 2);
+      this.#retryDelayMs = Math.min(CONTROL_RETRY_MAX_MS, this.#retryDelayMs * 2);
       this.#retryTimer = setTimeout(() => this.#connectControl(), delay);
     });
   }
@@ -205,6 +235,9 @@ export class Agent extends ErrorCountingEmitter {
     }
     conn.on('error', () => {});
     this.#tunnels.add(conn);
+    // The relay holds its user's bytes until this arrives, and retries with another connection without it.
+    const control = this.#control;
+    if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: 'claimed', id }));
     try {
       const target = await this.#dialTarget();
       const { error } = await splice(conn, target);
@@ -224,13 +257,15 @@ export class Agent extends ErrorCountingEmitter {
   #dialTarget(): Promise<Socket> {
     return new Promise((resolve, reject) => {
       // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
-      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs, noDelay: true });
+      // allowHalfOpen: the target's FIN ends one direction only; splice carries it to the user.
+      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs, noDelay: true, allowHalfOpen: true });
+      const target = `${this.#target.host}:${this.#target.port}`;
       const fail = (error: Error): void => {
         socket.destroy();
         reject(error);
       };
-      socket.once('error', fail);
-      socket.once('timeout', () => fail(new Error(`target ${this.#target.host}:${this.#target.port} did not accept within ${this.#targetTimeoutMs} ms`)));
+      socket.once('error', (error: Error) => fail(new TargetUnreachableError(target, `refused the connection (${(error as { code?: string }).code ?? error.message})`, error)));
+      socket.once('timeout', () => fail(new TargetUnreachableError(target, `did not accept within ${this.#targetTimeoutMs} ms`)));
       socket.once('connect', () => {
         socket.removeListener('error', fail);
         socket.setTimeout(0);

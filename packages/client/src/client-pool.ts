@@ -8,8 +8,7 @@ import {
   ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
-  KEEPALIVE_HEADER,
-  KEEPALIVE_VALUE,
+  KeepAliveSweeper,
   LeasedConnections,
   PendingGet,
   PoolClosedError,
@@ -21,18 +20,21 @@ import {
   checkMs,
   checkOrdered,
   drainPool,
+  negotiated,
+  offerHeaders,
   outcomeOf,
   parseId,
   rawSocketOf,
   receiveIdle,
   type DrainResult,
+  type Extensions,
   type GetOptions,
   type IdleSocket,
   type Logger,
   type MetricsOptions,
   type PoolConn,
 } from '@pool/shared';
-import { nextCapacity, nextInterval, outageInterval } from './adapt.js';
+import { nextBurst, nextCapacity, nextInterval, outageInterval } from './adapt.js';
 import { resolveRelayTarget, type TlsMode } from './server-address.js';
 import { TlsSessionCache } from './tls-session-cache.js';
 
@@ -51,9 +53,16 @@ export interface ClientPoolOptions {
   /**
    * Keep-alive period in ms: TCP keep-alive on every socket and, when the relay
    * confirms it, a ping per period on idle connections (a missed pong destroys
-   * the connection). Default: 30000. 0 disables both.
+   * the connection). Handed-out connections are pinged too: a tunnel whose
+   * transport went silent is destroyed with `ERR_KEEPALIVE_TIMEOUT` within two
+   * periods. Default: 30000. 0 disables both.
    */
   keepAlive?: number;
+  /**
+   * Offer half-close on every dial (a relay of ours confirms it; a Go npws one
+   * does not): `end()` then ends one direction only. Default: true.
+   */
+  halfClose?: boolean;
   /** Transport security. Default: `'verified'` (`'off'` for a `ws://` URL). See {@link TlsMode}. */
   tls?: TlsMode;
   /** Shared secret sent in the `x-pool-token` upgrade header. Default: none. */
@@ -65,9 +74,9 @@ export interface ClientPoolOptions {
   /** Largest WebSocket message accepted, in bytes. Default: 16 MiB. */
   maxPayload?: number;
   /**
-   * Most dials in flight at once, in ms-long TLS handshakes. Bounds the CPU
-   * burst on both ends and the memory the handshakes hold at their peak.
-   * Default: 32.
+   * Most dials in flight at once, in ms-long TLS handshakes, in a fill round
+   * and again for `dialNow`. Bounds the CPU burst on both ends and the memory
+   * the handshakes hold at their peak. Default: 32.
    */
   dialConcurrency?: number;
   /**
@@ -111,6 +120,10 @@ export interface ClientPoolStats {
   dialFailures: number;
   /** Fill rounds completed. */
   rounds: number;
+  /** Dials started by `dialNow` (demand), retries excluded. */
+  demandDials: number;
+  /** Capacity that demand added on top of the npws capacity, now; it decays while the pool stays idle. */
+  burst: number;
 }
 
 /** `new`: not started, or drained (`ClientManager()` starts it). */
@@ -146,6 +159,8 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #trackedAddress: string;
   readonly #tls: ConnectionOptions | undefined;
   readonly #token: string | undefined;
+  readonly #halfClose: boolean;
+  readonly #sweeper: KeepAliveSweeper;
   #headers: Record<string, string>;
   #settingsInput: ClientPoolSettings;
   #settings: Settings;
@@ -155,13 +170,20 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #maxPayload: number;
   readonly #tlsSessions: TlsSessionCache | undefined;
   readonly #idle: IdleConnections;
-  readonly #leases = new LeasedConnections();
+  readonly #leases: LeasedConnections;
   readonly #metrics: PoolMetrics | undefined;
   readonly #claimWaiters = new Map<string, PendingGet<PoolConn>[]>();
   /** Aborts the manager's dials in flight and its sleep between rounds: on `Close()` or `Drain()`. */
   #run: AbortController | undefined;
-  readonly #stats: ClientPoolStats = { dials: 0, dialFailures: 0, rounds: 0 };
+  readonly #stats = { dials: 0, dialFailures: 0, rounds: 0, demandDials: 0 };
+  /** The npws capacity. */
   #capacity: number;
+  /** Capacity raised by demand (`dialNow`), decaying while the pool stays idle; 0 when none. */
+  #burst = 0;
+  /** Demand dials still to start, and in flight. */
+  #demandOwed = 0;
+  #demandInFlight = 0;
+  #demandRound: DialRound = { successes: 0, failuresInARow: 0 };
   #interval: number;
   #state: State = 'new';
   #manager: Promise<void> | undefined;
@@ -188,25 +210,32 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#maxPayload = checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1);
     this.#tlsSessions = this.#tls && options.tlsSessionReuse !== false ? new TlsSessionCache() : undefined;
     this.#token = options.token;
+    this.#halfClose = options.halfClose ?? true;
     this.#headers = this.#upgradeHeaders();
     this.#capacity = this.#settings.minCap;
     this.#interval = this.#settings.minInterval;
-    this.#idle = new IdleConnections(this.#settings.keepAliveMs || 30_000, this.reportError, (socket) => {
+    this.#sweeper = new KeepAliveSweeper(this.#settings.keepAliveMs);
+    this.#leases = new LeasedConnections(this.#sweeper);
+    this.#idle = new IdleConnections(this.#sweeper, this.reportError, (socket) => {
       this.tracker.transition(socket.webSocket, 'closed');
     });
     this.#metrics =
       options.metrics &&
       new PoolMetrics(options.metrics, 'agent', {
         tracker: this.tracker,
-        capacity: () => this.#capacity,
+        capacity: () => this.Capacity(),
         interval: () => this.#interval,
         leasedBytes: () => this.#leases.bytes(),
       });
   }
 
+  /** The extensions this pool offers on a dial now. */
+  #extensions(): Extensions {
+    return { keepAlive: this.#settings.keepAliveMs > 0, halfClose: this.#halfClose };
+  }
+
   #upgradeHeaders(): Record<string, string> {
-    const headers: Record<string, string> = {};
-    if (this.#settings.keepAliveMs > 0) headers[KEEPALIVE_HEADER] = KEEPALIVE_VALUE;
+    const headers = offerHeaders(this.#extensions());
     if (this.#token !== undefined) headers[TOKEN_HEADER] = this.#token;
     return headers;
   }
@@ -264,9 +293,58 @@ export class ClientPool extends ErrorCountingEmitter {
     return this.#idle.size;
   }
 
-  /** Current target pool size; adapts between `minCap` and `maxCap`. */
+  /**
+   * Current target pool size: the npws capacity (adapting between `minCap`
+   * and `maxCap`), or what demand raised it to (see `dialNow`) while that decays.
+   */
   Capacity(): number {
-    return this.#capacity;
+    return Math.max(this.#capacity, this.#burst);
+  }
+
+  /**
+   * Dials for demand the application knows of, such as users waiting at the
+   * relay for a pooled connection, on top of the fill rounds and without
+   * waiting for one: `count` is how many connections are wanted now, and
+   * dials already started by an earlier call count towards it (so a caller
+   * can pass the latest absolute figure each time). At most `dialConcurrency`
+   * run at once; each finished one starts the next until `count` have been
+   * started, or 3 have failed in a row.
+   *
+   * Capacity is raised to `count` (up to `maxCap`) so that the pool keeps
+   * what the burst needed; it decays by one per fill round in which the pool
+   * stays more than 80% idle. A success also ends an outage back-off at once.
+   * Does nothing unless the manager runs. Throws `ERR_INVALID_OPTION` for a
+   * negative or fractional count.
+   */
+  dialNow(count: number): void {
+    checkInt('count', count, 0);
+    const signal = this.#run?.signal;
+    if (this.#state !== 'running' || signal === undefined || signal.aborted) return;
+    this.#burst = Math.min(this.#settings.maxCap, Math.max(this.#burst, count));
+    this.#demandOwed = Math.max(0, count - this.#demandInFlight);
+    this.#demandRound = { successes: 0, failuresInARow: 0 };
+    this.#startDemandDials(signal);
+  }
+
+  #startDemandDials(signal: AbortSignal): void {
+    const round = this.#demandRound;
+    // maxCap bounds what is idle or on its way; what the relay's users take leaves room for more.
+    const room = (): boolean => this.#demandInFlight < this.#dialConcurrency && this.#idle.size + this.#demandInFlight < this.#settings.maxCap;
+    while (this.#demandOwed > 0 && room() && !signal.aborted) {
+      if (round.failuresInARow >= OUTAGE_FAILURES) {
+        this.#demandOwed = 0;
+        return;
+      }
+      this.#demandOwed--;
+      this.#demandInFlight++;
+      this.#stats.demandDials++;
+      this.#dial(round, signal)
+        .catch(() => {})
+        .finally(() => {
+          this.#demandInFlight--;
+          this.#startDemandDials(signal);
+        });
+    }
   }
 
   /** Current pause between fill rounds, in ms; adapts between `minInterval` and `maxInterval`. */
@@ -295,8 +373,9 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#settings = settings;
     this.#headers = this.#upgradeHeaders();
     this.#capacity = Math.min(settings.maxCap, Math.max(settings.minCap, this.#capacity));
+    this.#burst = Math.min(settings.maxCap, this.#burst);
     this.#interval = Math.min(settings.maxInterval, Math.max(settings.minInterval, this.#interval));
-    this.#idle.setKeepAlive(settings.keepAliveMs);
+    this.#sweeper.setPeriod(settings.keepAliveMs);
     this.logger.info({ ...settings }, 'pool reconfigured');
     this.#wakeManager?.();
   }
@@ -345,7 +424,7 @@ export class ClientPool extends ErrorCountingEmitter {
 
   /** A snapshot of the manager's counters. */
   stats(): ClientPoolStats {
-    return { ...this.#stats };
+    return { ...this.#stats, burst: this.#burst };
   }
 
   /**
@@ -362,28 +441,40 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#state = 'closed';
     await this.#stopWork(new PoolClosedError());
     await this.#idle.closeAll();
-    this.#idle.close();
+    this.#sweeper.close();
     this.#metrics?.detach();
     this.emit('close');
   }
 
   async #manage(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
+      const wasDown = this.#lastRoundFailed;
       await this.#fillRound(signal);
       this.#stats.rounds++;
+      // The relay is back: refill now rather than after the outage's long interval.
+      if (wasDown && !this.#lastRoundFailed) continue;
       await this.#sleep(this.#interval, signal);
     }
   }
 
+  /** A dial succeeded after an outage: leave the back-off and let the manager refill at once. */
+  #outageOver(): void {
+    if (!this.#lastRoundFailed) return;
+    this.#lastRoundFailed = false;
+    this.#interval = this.#settings.minInterval;
+    this.#wakeManager?.();
+  }
+
   async #fillRound(signal: AbortSignal): Promise<void> {
     const idle = this.#idle.size;
-    const wanted = Math.max(0, this.#capacity - idle);
+    const target = this.Capacity();
+    const wanted = Math.max(0, target - idle - this.#demandInFlight);
     // During an outage one probe per round finds out whether the relay is back.
     const attempts = this.#lastRoundFailed ? Math.min(1, wanted) : wanted;
     if (!this.#lastRoundFailed) {
       this.#interval = nextInterval({
         idle,
-        capacity: this.#capacity,
+        capacity: target,
         interval: this.#interval,
         minInterval: this.#settings.minInterval,
         maxInterval: this.#settings.maxInterval,
@@ -409,9 +500,18 @@ export class ClientPool extends ErrorCountingEmitter {
     if (signal.aborted) return;
     // Read after the round: a reconfiguration during it applies now.
     const { minCap, maxCap, minInterval, maxInterval } = this.#settings;
-    this.#capacity = nextCapacity({ successes: round.successes, attempts, capacity: this.#capacity, minCap, maxCap });
-    this.#lastRoundFailed = attempts > 0 && round.successes === 0;
-    if (this.#lastRoundFailed) this.#interval = outageInterval(this.#interval, minInterval, maxInterval);
+    // The npws rule sees the dials npws would have made; those for the burst are demand's.
+    const npwsAttempts = Math.min(attempts, Math.max(0, this.#capacity - idle));
+    const npwsSuccesses = Math.min(round.successes, npwsAttempts);
+    this.#capacity = nextCapacity({ successes: npwsSuccesses, attempts: npwsAttempts, capacity: this.#capacity, minCap, maxCap });
+    this.#burst = nextBurst({ burst: this.#burst, idle, capacity: target });
+    const failed = attempts > 0 && round.successes === 0;
+    if (failed) {
+      this.#lastRoundFailed = true;
+      this.#interval = outageInterval(this.#interval, minInterval, maxInterval);
+    } else if (round.successes > 0) {
+      this.#outageOver();
+    }
   }
 
   #dialWithRetry(round: DialRound, signal: AbortSignal): Promise<void> {
@@ -431,7 +531,7 @@ export class ClientPool extends ErrorCountingEmitter {
 
   async #dial(round: DialRound, signal: AbortSignal): Promise<void> {
     this.#stats.dials++;
-    const { keepAliveMs } = this.#settings;
+    const offered = this.#extensions();
     const ws = new WebSocket(this.#url, {
       perMessageDeflate: false,
       headers: this.#headers,
@@ -441,10 +541,10 @@ export class ClientPool extends ErrorCountingEmitter {
     });
     this.tracker.transition(ws, 'dialing', this.#trackedAddress);
     let upgraded = false;
-    let pingable = false;
+    let extensions = offered;
     ws.once('upgrade', (response: IncomingMessage) => {
       upgraded = true;
-      pingable = keepAliveMs > 0 && response.headers[KEEPALIVE_HEADER] === KEEPALIVE_VALUE;
+      extensions = negotiated(response.headers, offered);
       this.tracker.transition(ws, 'handshaking');
       this.#metrics?.dial('success');
     });
@@ -452,7 +552,7 @@ export class ClientPool extends ErrorCountingEmitter {
     signal.addEventListener('abort', abort);
     let socket: IdleSocket;
     try {
-      socket = await receiveIdle(ws, this.#handshakeTimeoutMs);
+      socket = await receiveIdle(ws, this.#handshakeTimeoutMs, () => extensions);
     } catch (error) {
       this.tracker.transition(ws, 'closed');
       if (signal.aborted) throw new AbortError('the pool stopped');
@@ -472,11 +572,13 @@ export class ClientPool extends ErrorCountingEmitter {
     }
     round.successes++;
     round.failuresInARow = 0;
+    const { keepAliveMs } = this.#settings;
     if (keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, keepAliveMs);
-    this.#admit(socket, pingable);
+    this.#admit(socket);
+    this.#outageOver();
   }
 
-  #admit(socket: IdleSocket, pingable: boolean): void {
+  #admit(socket: IdleSocket): void {
     const { id } = socket;
     const waiters = this.#claimWaiters.get(id);
     const waiter = waiters?.find((get) => !get.settled);
@@ -487,7 +589,7 @@ export class ClientPool extends ErrorCountingEmitter {
     } else {
       this.#claimWaiters.delete(id);
       this.tracker.transition(socket.webSocket, 'idle');
-      this.#idle.add(socket, pingable);
+      this.#idle.add(socket);
     }
     this.emit('connection', id);
   }
@@ -496,8 +598,9 @@ export class ClientPool extends ErrorCountingEmitter {
     const ws = conn.webSocket;
     this.tracker.transition(ws, 'leased');
     this.#leases.add(conn, () => this.tracker.transition(ws, 'closed'));
-    // The manager refills what was taken without waiting out its interval.
+    // The manager refills what was taken without waiting out its interval, and demand waiting for room goes on.
     this.#wakeManager?.();
+    if (this.#demandOwed > 0 && this.#run) this.#startDemandDials(this.#run.signal);
     return conn;
   }
 

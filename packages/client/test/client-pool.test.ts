@@ -244,6 +244,65 @@ describe('ClientPool: manager', () => {
   });
 });
 
+describe('ClientPool: demand (dialNow)', () => {
+  it('50 gets waiting at once with minCap 1 and a slow interval: all served, dialled in one go rather than one per round', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 64, minInterval: 5_000, maxInterval: 5_000 });
+    await until(() => agent.Active() === 1 && relay.Active() === 1, 'the first fill round');
+    const roundsBefore = agent.stats().rounds;
+    // What a relay does with the pool's demand: pass the waiting count to the agent.
+    const waitingSeen: number[] = [];
+    relay.on('waiting', (waiting: number) => {
+      waitingSeen.push(waiting);
+      agent.dialNow(relay.Waiting());
+    });
+    const started = Date.now();
+    const gets = await Promise.all(Array.from({ length: 50 }, () => relay.IncomingGet(4_000)));
+    const elapsed = Date.now() - started;
+    for (const { conn } of gets) leased.push(conn.on('error', () => {}));
+    expect(new Set(gets.map((get) => get.id)).size).toBe(50);
+    expect(waitingSeen.at(-1)).toBe(49);
+    // One round at most could have run in that time; the demand did the rest, at once.
+    expect(agent.stats().rounds - roundsBefore).toBeLessThanOrEqual(1);
+    expect(agent.stats().demandDials).toBeGreaterThanOrEqual(49);
+    expect(elapsed).toBeLessThan(4_000);
+    // The capacity remembers the burst.
+    expect(agent.Capacity()).toBeGreaterThanOrEqual(49);
+  });
+
+  it('bounds demand by maxCap, decays the burst while the pool stays idle, and leaves the npws capacity alone', async () => {
+    const { port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 8, minInterval: 20, maxInterval: 40 });
+    await until(() => agent.Active() >= 1, 'the first fill round');
+    agent.dialNow(20);
+    expect(agent.Capacity()).toBe(8);
+    expect(agent.stats().burst).toBe(8);
+    await until(() => agent.Active() >= 8, 'the demand to be dialled');
+    expect(agent.Active()).toBe(8);
+    // Nobody takes them: the pool stays idle, and the burst decays round by round.
+    await until(() => agent.stats().burst === 0, 'the burst to decay');
+    expect(agent.Capacity()).toBeLessThanOrEqual(8);
+    expect(() => agent.dialNow(-1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_OPTION' }));
+    expect(() => agent.dialNow(1.5)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_OPTION' }));
+  });
+
+  it('a demand dial that succeeds during an outage ends the back-off: the pool refills at once', async () => {
+    const { relay, port } = await startRelay();
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 4, maxCap: 4, minInterval: 50, maxInterval: 10_000 });
+    await until(() => agent.Active() === 4, 'the pool to fill');
+    await relay.Close();
+    await until(() => agent.Interval() >= 1_600, 'the outage back-off to lengthen the interval');
+    const back = new ServerPool({ host: '127.0.0.1', port });
+    relays.push(back);
+    await back.ServerManager();
+    const restarted = Date.now();
+    agent.dialNow(1);
+    await until(() => agent.Active() === 4, 'the pool to refill');
+    expect(Date.now() - restarted).toBeLessThan(1_000);
+    expect(agent.Interval()).toBeLessThanOrEqual(150);
+  });
+});
+
 describe('ClientPool: keep-alive (DESIGN.md item 6)', () => {
   /** A relay that sends IDs like ours but never answers pings; optionally confirms keep-alive anyway. */
   async function silentRelay(confirm: boolean): Promise<{ port: number; close(): Promise<void> }> {

@@ -2,28 +2,31 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketServer } from 'ws';
 import {
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
+  CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
   PoolClosedError,
   checkInt,
   checkMs,
   listen,
-  encodeControl,
+  parseControlFeatures,
   type DrainResult,
   splice,
 } from '@pool/shared';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
-import { ServerPool, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
+import { ControlSession } from './control-session.js';
+import { QueuedUser } from './queued-user.js';
+import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Options for {@link Relay}. */
 export interface RelayOptions
-  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'token' | 'tokens' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
+  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'halfClose' | 'backlog' | 'token' | 'tokens' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
   /** Interface for the agents' port (pool and control). Default: all interfaces. */
   host?: string;
   /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */
@@ -32,8 +35,18 @@ export interface RelayOptions
   publicHost?: string;
   /** Port users connect to; each connection is tunnelled to the agent's target. Default: 0. */
   publicPort?: number;
-  /** How long a user's connection waits for a pooled connection before it is closed, in ms. Default: 5000. */
+  /**
+   * How long a user's connection waits for a pooled connection that the agent
+   * has claimed, retries included, before it is closed, in ms. Default: 5000.
+   */
   getTimeout?: number;
+  /**
+   * How long the agent has to acknowledge a connect order before the relay
+   * closes that pooled connection and tries another (within `getTimeout`), in
+   * ms. The user's bytes wait at the relay until the claim, so a retry loses
+   * none. Agents without the acknowledgement are not timed. Default: 2000.
+   */
+  claimTimeout?: number;
 }
 
 /** Counters since start; cheap to read. */
@@ -46,8 +59,14 @@ export interface RelayStats {
   open: number;
   /** User connections closed because no pooled connection came within `getTimeout`. */
   noConnection: number;
-  /** User connections closed because no agent was on the control channel. */
+  /** User connections closed because no agent was on the control channel, or it left while they waited. */
   noAgent: number;
+  /** Users who left while waiting for a pooled connection. */
+  departed: number;
+  /** Orders the agent did not claim in time (or whose connection closed first), retried with another connection. */
+  claimRetries: number;
+  /** Users waiting for a pooled connection right now. */
+  waiting: number;
   /** Tunnels that ended in an error (reset, target unreachable, …). */
   failed: number;
   /** Idle pooled connections. */
@@ -78,10 +97,14 @@ export class Relay extends ErrorCountingEmitter {
   readonly #controlWss: WebSocketServer;
   #keepAliveMs: number;
   readonly #getTimeoutMs: number;
+  readonly #backlog: number;
   readonly #listen: { host: string | undefined; port: number; publicHost: string | undefined; publicPort: number };
   readonly #userSockets = new Set<Socket>();
-  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, failed: 0 };
-  #control: { ws: WebSocket; agentId: string; alive: boolean } | undefined;
+  readonly #claimTimeoutMs: number;
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, failed: 0 };
+  #control: ControlSession | undefined;
+  /** A demand message is due at the end of this turn of the event loop: a burst of users makes one. */
+  #demandDue = false;
   #controlPing: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
 
@@ -89,6 +112,8 @@ export class Relay extends ErrorCountingEmitter {
     super(options.logger);
     this.#keepAliveMs = checkMs('keepAlive', options.keepAlive ?? 30_000);
     this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
+    this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 2_000, 1);
+    this.#backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1);
     this.#listen = {
       host: options.host,
       port: checkInt('port', options.port ?? 0, 0, 65_535),
@@ -103,6 +128,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
     this.pool = new ServerPool({ ...options, server: this.#server });
     this.pool.on('error', this.reportError);
+    this.pool.on('waiting', this.#scheduleDemand);
     this.#controlWss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
@@ -110,7 +136,8 @@ export class Relay extends ErrorCountingEmitter {
       maxPayload: CONTROL_MAX_BYTES,
     });
     // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
-    this.#publicServer = createNetServer({ pauseOnConnect: true, noDelay: true }, this.#onUser);
+    // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
+    this.#publicServer = createNetServer({ allowHalfOpen: true, noDelay: true }, this.#onUser);
   }
 
   /** Listens on both ports. Rejects with the listen error (EADDRINUSE, …). */
@@ -120,8 +147,8 @@ export class Relay extends ErrorCountingEmitter {
     this.#server.on('request', this.#onPlainRequest);
     this.#server.on('error', this.reportError);
     this.#publicServer.on('error', this.reportError);
-    await listen(this.#server, this.#listen.port, this.#listen.host);
-    await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost);
+    await listen(this.#server, this.#listen.port, this.#listen.host, this.#backlog);
+    await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost, this.#backlog);
     await this.pool.ServerManager();
     this.#startControlPing();
   }
@@ -143,6 +170,7 @@ export class Relay extends ErrorCountingEmitter {
     return {
       ...this.#stats,
       open: this.#userSockets.size,
+      waiting: this.pool.Waiting(),
       idle: this.pool.Active(),
       agentConnected: this.#control !== undefined,
     };
@@ -201,19 +229,15 @@ export class Relay extends ErrorCountingEmitter {
     // and must not take the control channel from the one that is.
     const agentId = request.headers[AGENT_ID_HEADER];
     if (typeof agentId !== 'string' || !AGENT_ID_PATTERN.test(agentId)) return refuseUpgrade(socket, 400, 'missing or malformed agent id');
-    this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(ws, agentId));
+    const features = parseControlFeatures(request.headers[CONTROL_FEATURES_HEADER]);
+    this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(new ControlSession(ws, agentId, features, this.reportError)));
   };
 
-  #adoptControl(ws: WebSocket, agentId: string): void {
+  #adoptControl(control: ControlSession): void {
+    const { ws, agentId } = control;
     const previous = this.#control;
-    const control = { ws, agentId, alive: true };
     this.#control = control;
     ws.on('error', this.reportError);
-    ws.on('pong', () => {
-      control.alive = true;
-    });
-    // The agent sends nothing on the control channel; anything it does send is a protocol error.
-    ws.on('message', () => ws.close(1003, 'the relay expects no messages'));
     ws.once('close', () => {
       if (this.#control !== control) return;
       this.#control = undefined;
@@ -226,7 +250,22 @@ export class Relay extends ErrorCountingEmitter {
     }
     this.logger.info({ agentId, restarted: previous !== undefined && previous.agentId !== agentId }, 'agent connected');
     this.emit('agent', true);
+    if (this.pool.Waiting() > 0) this.#scheduleDemand();
   }
+
+  /** Tells the agent, once per turn of the event loop, how many users wait for a pooled connection. */
+  readonly #scheduleDemand = (): void => {
+    if (this.#demandDue) return;
+    this.#demandDue = true;
+    setImmediate(() => {
+      this.#demandDue = false;
+      const control = this.#control;
+      const waiting = this.pool.Waiting();
+      if (control?.features.has('demand') && waiting > 0 && control.ws.readyState === control.ws.OPEN) {
+        control.send({ v: 1, type: 'demand', waiting });
+      }
+    });
+  };
 
   readonly #pingControl = (): void => {
     const control = this.#control;
@@ -253,33 +292,59 @@ export class Relay extends ErrorCountingEmitter {
       user.destroy();
       return;
     }
-    const userGone = new AbortController();
-    const abort = (): void => userGone.abort();
-    user.once('close', abort);
-    let incoming;
-    try {
-      incoming = await this.pool.IncomingGet(this.#getTimeoutMs, { signal: userGone.signal });
-    } catch {
-      this.#stats.noConnection++;
-      user.destroy();
-      return;
-    } finally {
-      user.removeListener('close', abort);
-    }
-    // The control channel of now, not of before the wait: the agent may have reconnected meanwhile.
-    const control = this.#control;
-    if (user.destroyed || !control) {
-      if (!control) this.#stats.noAgent++;
-      incoming.conn.destroy();
-      user.destroy();
+    const queued = new QueuedUser(user);
+    const outcome = await this.#claimedConnection(queued.signal);
+    if (typeof outcome === 'string') {
+      this.#stats[outcome]++;
+      queued.drop();
       return;
     }
-    // Bytes the user sends before the agent claims its end are kept in that end for it.
-    control.ws.send(encodeControl({ v: 1, type: 'connect', id: incoming.id }));
-    const { error } = await splice(user, incoming.conn);
+    queued.handOver(outcome.conn);
+    const { error } = await splice(user, outcome.conn);
     this.#stats.finished++;
     if (error) this.#stats.failed++;
     this.emit('tunnel', { error });
+  }
+
+  /**
+   * A pooled connection the agent has claimed, for one user: takes an idle
+   * one, orders the agent to claim it, and tries another if the agent does
+   * not acknowledge within `claimTimeout`, all within `getTimeout`. Or why not.
+   */
+  async #claimedConnection(userLeft: AbortSignal): Promise<IncomingConnection | 'noAgent' | 'noConnection' | 'departed'> {
+    const deadline = performance.now() + this.#getTimeoutMs;
+    for (;;) {
+      const control = this.#control;
+      if (!control) return 'noAgent';
+      const remaining = deadline - performance.now();
+      if (remaining <= 0) return 'noConnection';
+      // Stops when the user leaves, and when the agent this user waits on goes.
+      const stop = new AbortController();
+      const abort = (): void => stop.abort();
+      userLeft.addEventListener('abort', abort);
+      control.ended.addEventListener('abort', abort);
+      try {
+        let incoming: IncomingConnection;
+        try {
+          incoming = await this.pool.IncomingGet(remaining, { signal: stop.signal });
+        } catch {
+          return userLeft.aborted ? 'departed' : control.ended.aborted ? 'noAgent' : 'noConnection';
+        }
+        // The control channel of now, not of before the wait: the agent may have reconnected meanwhile.
+        const current = this.#control;
+        if (current === undefined || current.ended.aborted) {
+          incoming.conn.destroy();
+          return 'noAgent';
+        }
+        if (await current.order(incoming.conn, Math.min(this.#claimTimeoutMs, remaining), userLeft)) return incoming;
+        incoming.conn.destroy();
+        if (userLeft.aborted) return 'departed';
+        this.#stats.claimRetries++;
+      } finally {
+        userLeft.removeEventListener('abort', abort);
+        control.ended.removeEventListener('abort', abort);
+      }
+    }
   }
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {

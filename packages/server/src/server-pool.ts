@@ -10,8 +10,7 @@ import {
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   IdleSocket,
-  KEEPALIVE_HEADER,
-  KEEPALIVE_VALUE,
+  KeepAliveSweeper,
   LeasedConnections,
   PendingGet,
   PoolClosedError,
@@ -19,13 +18,16 @@ import {
   PoolMetrics,
   checkInt,
   checkMs,
+  confirmHeaderLines,
   drainPool,
+  negotiated,
   listen,
   PoolConn,
   generateId,
   rawSocketOf,
   sendIdFrame,
   type DrainResult,
+  type Extensions,
   type GetOptions,
   type Logger,
   type MetricsOptions,
@@ -41,6 +43,13 @@ export interface ServerPoolOptions {
   host?: string;
   /** Port to listen on; 0 picks a free one (see `address()`). Default: 0. Ignored with `server`. */
   port?: number;
+  /**
+   * Connections the kernel queues before we accept them (`listen()` backlog;
+   * the kernel caps it at `net.core.somaxconn`). Node's 511 drops SYNs when
+   * an agent dials a burst, and each dropped SYN costs that dial a 1 s
+   * retransmit. Default: {@link DEFAULT_BACKLOG}. Ignored with `server`.
+   */
+  backlog?: number;
   /**
    * An existing http(s) server to attach to instead of listening ourselves. The
    * pool handles upgrades on path `/`; other paths are left to the server's
@@ -64,9 +73,17 @@ export interface ServerPoolOptions {
   /**
    * Keep-alive period in ms: TCP keep-alive on every socket and, with peers that
    * negotiated it, a ping per period (a missed pong destroys the connection).
+   * Pings reach handed-out connections too: a tunnel whose transport went
+   * silent is destroyed with `ERR_KEEPALIVE_TIMEOUT` within two periods.
    * Default: 30000. 0 disables pings and TCP keep-alive.
    */
   keepAlive?: number;
+  /**
+   * Confirm half-close to clients that offer it (ours do): `end()` then ends
+   * one direction only, and the connection closes once both have ended.
+   * Default: true. A Go npws client never offers it.
+   */
+  halfClose?: boolean;
   /** Shared secret the client must present in the `x-pool-token` header; else 401. Default: none. */
   token?: string;
   /**
@@ -93,6 +110,9 @@ interface Settings {
   admission: AdmissionPolicy;
 }
 
+/** Connections queued by the kernel before accept, on listeners we create: enough for 1,000 simultaneous dials. */
+export const DEFAULT_BACKLOG = 2_048;
+
 /** Validates every setting at once, so that a bad one changes nothing. */
 function parseSettings(settings: ServerPoolSettings): Settings {
   const allow = typeof settings.allow === 'string' ? [settings.allow] : [...(settings.allow ?? [])];
@@ -118,7 +138,9 @@ type State = 'idle' | 'listening' | 'draining' | 'closed';
  * The relay's pool: accepts WebSocket upgrades from agents, gives each a fresh
  * CSPRNG ID, keeps them idle, and hands them out with `IncomingGet`.
  *
- * Events: `'connection'` (id) when a connection joins the pool; `'clientUp'`
+ * Events: `'connection'` (id) when a connection joins the pool; `'waiting'`
+ * (count) when an `IncomingGet` starts waiting because none is idle, with the
+ * number now waiting (the demand to pass to the agents); `'clientUp'`
  * (client) when a client's first connection arrives and `'clientDown'`
  * (client) once when its last one closes; `'close'` after `Close()`;
  * `'error'` (error) for failures outside any call, emitted only when
@@ -129,14 +151,16 @@ export class ServerPool extends ErrorCountingEmitter {
   readonly tracker = new ConnectionTracker();
   #settingsInput: ServerPoolSettings;
   #settings: Settings;
-  readonly #listen: { host: string | undefined; port: number };
+  readonly #listen: { host: string | undefined; port: number; backlog: number };
+  readonly #halfClose: boolean;
+  readonly #sweeper: KeepAliveSweeper;
   readonly #ownsServer: boolean;
   readonly #server: Server;
   /** Only on a server we created: an attached server's owner sets its own limits. */
   readonly #headersDeadline: HeadersDeadline | undefined;
   readonly #wss: WebSocketServer;
   readonly #idle: IdleConnections;
-  readonly #leases = new LeasedConnections();
+  readonly #leases: LeasedConnections;
   /** Every open connection's ID, idle or handed out (new IDs must avoid all of them), and its client. */
   readonly #clientById = new Map<string, ClientGroup>();
   readonly #clients: ClientGroups;
@@ -156,7 +180,12 @@ export class ServerPool extends ErrorCountingEmitter {
     const { maxCap, allow, clientIP, keepAlive, token, tokens } = options;
     this.#settingsInput = { maxCap, allow, clientIP, keepAlive, token, tokens };
     this.#settings = parseSettings(this.#settingsInput);
-    this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
+    this.#listen = {
+      host: options.host,
+      port: checkInt('port', options.port ?? 0, 0, 65_535),
+      backlog: checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1),
+    };
+    this.#halfClose = options.halfClose ?? true;
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
 
     this.#ownsServer = options.server === undefined;
@@ -173,8 +202,10 @@ export class ServerPool extends ErrorCountingEmitter {
       clientTracking: false,
       maxPayload: checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1),
     });
-    this.#wss.on('headers', this.#confirmKeepAlive);
-    this.#idle = new IdleConnections(this.#settings.keepAliveMs || 30_000, this.reportError, (socket) => {
+    this.#wss.on('headers', this.#confirmExtensions);
+    this.#sweeper = new KeepAliveSweeper(this.#settings.keepAliveMs);
+    this.#leases = new LeasedConnections(this.#sweeper);
+    this.#idle = new IdleConnections(this.#sweeper, this.reportError, (socket) => {
       this.tracker.transition(rawSocketOf(socket.webSocket), 'closed');
       this.#forget(socket.id);
     });
@@ -209,7 +240,7 @@ export class ServerPool extends ErrorCountingEmitter {
     if (this.#ownsServer) {
       this.#server.on('request', this.#onPlainRequest);
       this.#server.on('error', this.reportError);
-      await listen(this.#server, this.#listen.port, this.#listen.host);
+      await listen(this.#server, this.#listen.port, this.#listen.host, this.#listen.backlog);
     }
     const address = this.address();
     this.#trackedAddress = address ? `${address.address}:${address.port}` : '';
@@ -245,8 +276,16 @@ export class ServerPool extends ErrorCountingEmitter {
     const get: PendingGet<IncomingConnection> = new PendingGet(timeoutMs, options, () => {
       this.#incomingWaiters.splice(this.#incomingWaiters.indexOf(get), 1);
     });
-    if (!get.settled) this.#incomingWaiters.push(get);
+    if (!get.settled) {
+      this.#incomingWaiters.push(get);
+      this.emit('waiting', this.#incomingWaiters.length);
+    }
     return get.promise;
+  }
+
+  /** `IncomingGet`s waiting for a connection: users queued for want of an idle one. */
+  Waiting(): number {
+    return this.#incomingWaiters.length;
   }
 
   /** True once listening and until `Close()`. */
@@ -287,7 +326,7 @@ export class ServerPool extends ErrorCountingEmitter {
     const settings = parseSettings(input);
     this.#settingsInput = input;
     this.#settings = settings;
-    this.#idle.setKeepAlive(settings.keepAliveMs);
+    this.#sweeper.setPeriod(settings.keepAliveMs);
     this.logger.info({ maxCap: settings.maxCap, keepAlive: settings.keepAliveMs }, 'pool reconfigured');
   }
 
@@ -359,7 +398,7 @@ export class ServerPool extends ErrorCountingEmitter {
       this.#headersDeadline?.close();
     }
     await this.#idle.closeAll();
-    this.#idle.close();
+    this.#sweeper.close();
     this.#metrics?.detach();
     this.emit('close');
   }
@@ -375,7 +414,8 @@ export class ServerPool extends ErrorCountingEmitter {
     const decision = admit(request, this.#settings.admission);
     if ('refused' in decision) return this.#refuse(socket, decision.refused, 'unauthorized');
     if (this.#state !== 'listening') return this.#refuse(socket, 503, 'not taking connections');
-    if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap) return this.#refuse(socket, 503, 'pool full');
+    // maxCap bounds the idle pool; a connection that arrives for a waiting get is handed out at once, never idle.
+    if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap + this.#incomingWaiters.length) return this.#refuse(socket, 503, 'pool full');
     this.#upgrading.add(socket);
     this.tracker.transition(socket, 'handshaking', this.#trackedAddress);
     // ws answers a malformed handshake (bad key or version) itself and never calls back.
@@ -414,13 +454,14 @@ export class ServerPool extends ErrorCountingEmitter {
     const { keepAliveMs } = this.#settings;
     if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
 
+    const extensions = negotiated(request.headers, this.#extensions());
     const waiter = this.#incomingWaiters.find((get) => !get.settled);
     if (waiter) {
       this.#incomingWaiters.splice(0, this.#incomingWaiters.indexOf(waiter) + 1);
-      waiter.resolve(this.#leased(new PoolConn(ws, id)));
+      waiter.resolve(this.#leased(new PoolConn(ws, id, { extensions })));
     } else {
       this.tracker.transition(socket, 'idle');
-      this.#idle.add(new IdleSocket(ws, id), keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request));
+      this.#idle.add(new IdleSocket(ws, id, extensions));
     }
     this.emit('connection', id);
   }
@@ -444,15 +485,13 @@ export class ServerPool extends ErrorCountingEmitter {
     this.#clients.leave(group);
   }
 
-
-  #peerNegotiatedKeepAlive(request: IncomingMessage): boolean {
-    return request.headers[KEEPALIVE_HEADER] === KEEPALIVE_VALUE;
+  /** The extensions this pool offers its clients now. */
+  #extensions(): Extensions {
+    return { keepAlive: this.#settings.keepAliveMs > 0, halfClose: this.#halfClose };
   }
 
-  readonly #confirmKeepAlive = (headers: string[], request: IncomingMessage): void => {
-    if (this.#settings.keepAliveMs > 0 && this.#peerNegotiatedKeepAlive(request)) {
-      headers.push(`${KEEPALIVE_HEADER}: ${KEEPALIVE_VALUE}`);
-    }
+  readonly #confirmExtensions = (headers: string[], request: IncomingMessage): void => {
+    headers.push(...confirmHeaderLines(negotiated(request.headers, this.#extensions())));
   };
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {

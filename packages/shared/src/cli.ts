@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import { Registry } from 'prom-client';
+import { Registry, collectDefaultMetrics } from 'prom-client';
 import { InvalidOptionError } from './errors.js';
 import { listen } from './listen.js';
 import type { Logger } from './logger.js';
@@ -168,6 +168,8 @@ export class CliOperations {
     this.#flags = flags;
     this.logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
     this.metrics = flags['metrics-port'] === undefined ? undefined : { registry: new Registry() };
+    // The process's own series (open fds, heap, event-loop lag) beside the pool's: what an operator watches for leaks.
+    if (this.metrics) collectDefaultMetrics({ register: this.metrics.registry });
     this.#drainTimeoutMs = numberFlag(flags, 'drain-timeout');
   }
 

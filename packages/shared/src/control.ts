@@ -15,6 +15,23 @@ export const AGENT_ID_HEADER = 'x-pool-agent-id';
 /** Close code an agent sends on a pool connection whose target refused: the relay drops the user at once. */
 export const CLOSE_TARGET_UNREACHABLE = 4502;
 
+/**
+ * Upgrade header in which an agent lists the control features it speaks
+ * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,
+ * so the relay can put a deadline on orders) and `demand` (it dials for users
+ * waiting at the relay). A relay uses only what the agent listed, so an older
+ * agent keeps working.
+ */
+export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
+export const CONTROL_FEATURES = ['claimed', 'demand'] as const;
+export type ControlFeature = (typeof CONTROL_FEATURES)[number];
+
+/** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
+export function parseControlFeatures(header: string | string[] | undefined): Set<ControlFeature> {
+  const names = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',').map((name) => name.trim());
+  return new Set(CONTROL_FEATURES.filter((feature) => names.includes(feature)));
+}
+
 /** Relay → agent: claim the pooled connection `id` and connect it to the target. */
 export interface ConnectMessage {
   v: typeof CONTROL_VERSION;
@@ -22,7 +39,24 @@ export interface ConnectMessage {
   id: string;
 }
 
-export type ControlMessage = ConnectMessage;
+/** Agent → relay: the pooled connection `id` was claimed; the relay may splice its user to it. */
+export interface ClaimedMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'claimed';
+  id: string;
+}
+
+/** Relay → agent: this many users wait for a pooled connection now (an absolute figure, not an increment). */
+export interface DemandMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'demand';
+  waiting: number;
+}
+
+export type ControlMessage = ConnectMessage | ClaimedMessage | DemandMessage;
+
+/** Largest `waiting` a demand message may carry. */
+export const MAX_DEMAND = 1_000_000;
 
 /** A control message that is not valid JSON, of another version, or of unknown shape. */
 export class ControlMessageError extends PoolError {
@@ -47,7 +81,19 @@ export function decodeControl(text: string): ControlMessage {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ControlMessageError('not an object');
   const message = value as Record<string, unknown>;
   if (message.v !== CONTROL_VERSION) throw new ControlMessageError(`unsupported version ${JSON.stringify(message.v)}`);
-  if (message.type !== 'connect') throw new ControlMessageError(`unknown type ${JSON.stringify(message.type)}`);
-  if (!isValidId(message.id)) throw new ControlMessageError('connect without a valid id');
-  return { v: CONTROL_VERSION, type: 'connect', id: message.id };
+  switch (message.type) {
+    case 'connect':
+    case 'claimed':
+      if (!isValidId(message.id)) throw new ControlMessageError(`${message.type} without a valid id`);
+      return { v: CONTROL_VERSION, type: message.type, id: message.id };
+    case 'demand': {
+      const { waiting } = message;
+      if (typeof waiting !== 'number' || !Number.isInteger(waiting) || waiting < 0 || waiting > MAX_DEMAND) {
+        throw new ControlMessageError(`demand without a whole number of waiting users from 0 to ${MAX_DEMAND}`);
+      }
+      return { v: CONTROL_VERSION, type: 'demand', waiting };
+    }
+    default:
+      throw new ControlMessageError(`unknown type ${JSON.stringify(message.type)}`);
+  }
 }

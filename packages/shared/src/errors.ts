@@ -138,10 +138,24 @@ export class ConnectionClosedError extends PoolError {
   }
 }
 
-/** Keep-alive was negotiated and the peer missed a pong for a whole period. */
+/** Keep-alive was negotiated and the peer went silent (no pong, no ping) for two periods. */
 export class KeepAliveTimeoutError extends PoolError {
   constructor(keepAliveMs: number) {
-    super('ERR_KEEPALIVE_TIMEOUT', `no pong within ${keepAliveMs} ms; connection presumed dead`);
+    super('ERR_KEEPALIVE_TIMEOUT', `the peer was silent for two keep-alive periods (${2 * keepAliveMs} ms); connection presumed dead`);
+  }
+}
+
+/** Bytes written after the WebSocket under a stream had closed: they cannot be sent. */
+export class TransportClosedError extends PoolError {
+  constructor() {
+    super('ERR_TRANSPORT_CLOSED', 'the connection has closed; the bytes written were not sent');
+  }
+}
+
+/** The agent could not connect a tunnel to its target (refused, unreachable, or too slow). */
+export class TargetUnreachableError extends PoolError {
+  constructor(target: string, reason: string, cause?: unknown) {
+    super('ERR_TARGET_UNREACHABLE', `target ${target} ${reason}`, { cause });
   }
 }
 

@@ -10,6 +10,7 @@ import {
   PoolUnauthorizedError,
   UpgradeRejectedError,
 } from './errors.js';
+import type { Extensions } from './extensions.js';
 import { ID_BYTES, idToBytes, parseId } from './id.js';
 import { IdleSocket } from './idle-socket.js';
 import { PoolConn, type PoolConnOptions } from './pool-conn.js';
@@ -64,9 +65,13 @@ export function receiveId(ws: WebSocket, timeoutMs: number, options?: PoolConnOp
   return awaitId(ws, timeoutMs, (id) => new PoolConn(ws, id, options));
 }
 
-/** As {@link receiveId}, for a pool: the connection is kept as an {@link IdleSocket} until claimed. */
-export function receiveIdle(ws: WebSocket, timeoutMs: number): Promise<IdleSocket> {
-  return awaitId(ws, timeoutMs, (id) => new IdleSocket(ws, id));
+/**
+ * As {@link receiveId}, for a pool: the connection is kept as an {@link IdleSocket}
+ * until claimed. `extensions` is asked once the ID has arrived, by when the
+ * 101 response has said what was negotiated.
+ */
+export function receiveIdle(ws: WebSocket, timeoutMs: number, extensions: () => Extensions): Promise<IdleSocket> {
+  return awaitId(ws, timeoutMs, (id) => new IdleSocket(ws, id, extensions()));
 }
 
 /** The handshake itself; `adopt` runs inside the message handler, before any later message. */

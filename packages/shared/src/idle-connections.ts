@@ -1,5 +1,5 @@
 import { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
-import { KeepAliveSweeper } from './keep-alive.js';
+import type { KeepAliveSweeper } from './keep-alive.js';
 import type { PoolConn } from './pool-conn.js';
 
 /** How long `closeAll` waits for peers to answer the close handshake before terminating, in ms. */
@@ -27,12 +27,12 @@ export class IdleConnections {
   readonly #owner: IdleSocketOwner;
 
   /**
-   * @param keepAliveMs ping period for connections added with `pingable`, in ms.
+   * @param sweeper the pool's keep-alive, for connections that negotiated it.
    * @param onError called with errors of idle connections.
    * @param onGone called with an idle connection that closed.
    */
-  constructor(keepAliveMs: number, onError: (error: Error) => void, onGone: (socket: IdleSocket) => void) {
-    this.#sweeper = new KeepAliveSweeper(keepAliveMs);
+  constructor(sweeper: KeepAliveSweeper, onError: (error: Error) => void, onGone: (socket: IdleSocket) => void) {
+    this.#sweeper = sweeper;
     this.#owner = {
       onError,
       onGone: (socket) => {
@@ -47,18 +47,18 @@ export class IdleConnections {
   }
 
   /**
-   * Adds a connection. `pingable`: the peer negotiated pong-based keep-alive.
-   * A connection with the ID of one already here replaces it (the old one is
-   * terminated): only a relay restart can reuse a live ID, and then the old one is stale.
+   * Adds a connection; it is pinged if it negotiated keep-alive. A connection
+   * with the ID of one already here replaces it (the old one is terminated):
+   * only a relay restart can reuse a live ID, and then the old one is stale.
    */
-  add(socket: IdleSocket, pingable: boolean): void {
+  add(socket: IdleSocket): void {
     this.#idleById.get(socket.id)?.destroy();
     socket.owner = this.#owner;
     this.#idleById.set(socket.id, socket);
     this.#arrivals.push(socket);
     // Connections taken by ID leave stale entries behind: keep the queue within twice the pool.
     if (this.#arrivals.length - this.#arrivalsHead > 2 * this.#idleById.size + 64) this.#compactArrivals(true);
-    if (pingable) this.#sweeper.track(socket);
+    if (socket.extensions.keepAlive) this.#sweeper.track(socket);
   }
 
   /** Removes the live connection with this ID, if there is one, and returns it as a PoolConn. */
@@ -108,21 +108,6 @@ export class IdleConnections {
     this.#arrivals = [];
     this.#arrivalsHead = 0;
     await Promise.all(sockets.map((socket) => closeWithin(socket, code, CLOSE_GRACE_MS)));
-  }
-
-  /**
-   * Changes the keep-alive period of connections already here, from the next
-   * sweep on; 0 stops pinging them. Which new connections are pinged is up to
-   * the `pingable` the pool passes to `add`.
-   */
-  setKeepAlive(keepAliveMs: number): void {
-    if (keepAliveMs === 0) this.#sweeper.close();
-    else this.#sweeper.setPeriod(keepAliveMs);
-  }
-
-  /** Stops keep-alive. Call after `closeAll` when the pool shuts down. */
-  close(): void {
-    this.#sweeper.close();
   }
 
   #remove(socket: IdleSocket): void {

@@ -1,7 +1,8 @@
 import WebSocket from 'ws';
 import { ProtocolError } from './errors.js';
 import { PoolConn } from './pool-conn.js';
-import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
+import type { Extensions } from './extensions.js';
+import { CLOSE_UNSUPPORTED_DATA, END_OF_STREAM } from './protocol.js';
 
 /** Bytes kept for the claimer of an idle connection before its socket is paused (backpressure). */
 const IDLE_BUFFER_BYTES = 64 * 1024;
@@ -24,13 +25,18 @@ const idleSocketByWebSocket = new WeakMap<WebSocket, IdleSocket>();
 export class IdleSocket {
   readonly id: string;
   readonly webSocket: WebSocket;
+  /** What the connection negotiated on its upgrade. */
+  readonly extensions: Extensions;
   owner: IdleSocketOwner | undefined;
   #chunks: Buffer[] | undefined;
   #bytes = 0;
+  /** The peer's end-of-stream arrived (half-close): nothing more may. */
+  #ended = false;
 
-  constructor(ws: WebSocket, id: string) {
+  constructor(ws: WebSocket, id: string, extensions: Extensions) {
     this.id = id;
     this.webSocket = ws;
+    this.extensions = extensions;
     idleSocketByWebSocket.set(ws, this);
     ws.binaryType = 'nodebuffer';
     ws.on('message', onIdleMessage);
@@ -45,7 +51,7 @@ export class IdleSocket {
   /** Hands the connection, and every byte kept for it, to a new PoolConn. */
   claim(): PoolConn {
     this.#detach();
-    return new PoolConn(this.webSocket, this.id, { initialChunks: this.#chunks });
+    return new PoolConn(this.webSocket, this.id, { initialChunks: this.#chunks, initialEnd: this.#ended, extensions: this.extensions });
   }
 
   /** Terminates the connection (a dead or unwanted idle one). `error` is reported to the owner. */
@@ -54,8 +60,18 @@ export class IdleSocket {
     this.webSocket.terminate();
   }
 
-  /** @internal */
-  keep(data: Buffer): void {
+  /** @internal Takes a message that arrived while idle; false if it breaks the protocol. */
+  receive(data: Buffer, isBinary: boolean): boolean {
+    if (this.#ended) return false;
+    if (!isBinary) {
+      this.#ended = this.extensions.halfClose && data.toString() === END_OF_STREAM;
+      return this.#ended;
+    }
+    this.#keep(data);
+    return true;
+  }
+
+  #keep(data: Buffer): void {
     (this.#chunks ??= []).push(data);
     this.#bytes += data.length;
     if (this.#bytes >= IDLE_BUFFER_BYTES) this.webSocket.pause();
@@ -72,12 +88,8 @@ export class IdleSocket {
 
 function onIdleMessage(this: WebSocket, data: Buffer, isBinary: boolean): void {
   const socket = idleSocketByWebSocket.get(this);
-  if (!socket) return;
-  if (isBinary) {
-    socket.keep(data);
-    return;
-  }
-  socket.owner?.onError(new ProtocolError('the peer sent a text message; only binary messages carry the stream'));
+  if (!socket || socket.receive(data, isBinary)) return;
+  socket.owner?.onError(new ProtocolError('the peer sent a text message, or a message after its end-of-stream; only binary messages carry the stream'));
   this.close(CLOSE_UNSUPPORTED_DATA, 'binary messages only');
 }
 

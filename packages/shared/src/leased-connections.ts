@@ -1,4 +1,5 @@
 import type { IdleConnections } from './idle-connections.js';
+import type { KeepAliveSweeper } from './keep-alive.js';
 import type { Logger } from './logger.js';
 import type { PoolConn } from './pool-conn.js';
 
@@ -18,14 +19,22 @@ export interface DrainResult {
 
 /**
  * The connections a pool has handed out, until their WebSockets close: what
- * a drain waits for, and where the bytes that went through the pool are
- * counted (those of open leases included, so a long tunnel shows its traffic
- * before it ends).
+ * a drain waits for, where the bytes that went through the pool are counted
+ * (those of open leases included, so a long tunnel shows its traffic before
+ * it ends), and where their liveness is kept: a handed-out connection that
+ * negotiated keep-alive is pinged like an idle one, so that a tunnel whose
+ * transport went silent is destroyed (`ERR_KEEPALIVE_TIMEOUT`) within two
+ * keep-alive periods.
  */
 export class LeasedConnections {
   readonly #open = new Set<PoolConn>();
   readonly #closedBytes: LeasedBytes = { read: 0, written: 0 };
+  readonly #sweeper: KeepAliveSweeper;
   #emptied: Array<() => void> = [];
+
+  constructor(sweeper: KeepAliveSweeper) {
+    this.#sweeper = sweeper;
+  }
 
   get size(): number {
     return this.#open.size;
@@ -34,7 +43,9 @@ export class LeasedConnections {
   /** Tracks a connection just handed out; `onClosed` runs once when its WebSocket closes. */
   add(conn: PoolConn, onClosed: (conn: PoolConn) => void): void {
     this.#open.add(conn);
+    if (conn.extensions.keepAlive && conn.transportOpen) this.#sweeper.track(conn);
     conn.once('transportClose', () => {
+      this.#sweeper.untrack(conn);
       this.#open.delete(conn);
       this.#closedBytes.read += conn.bytesRead;
       this.#closedBytes.written += conn.bytesWritten;

@@ -3,8 +3,9 @@ import type { Socket } from 'node:net';
 import { TLSSocket, type DetailedPeerCertificate, type PeerCertificate } from 'node:tls';
 import type { CipherNameAndProtocol } from 'node:tls';
 import WebSocket from 'ws';
-import { ConnectionClosedError, ProtocolError } from './errors.js';
-import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
+import { ConnectionClosedError, ProtocolError, TransportClosedError } from './errors.js';
+import { NO_EXTENSIONS, type Extensions } from './extensions.js';
+import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, END_OF_STREAM, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
 
 const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
 
@@ -20,6 +21,14 @@ export interface PoolConnOptions {
   writableHighWaterMark?: number;
   /** Bytes that arrived before this stream existed (while the connection sat idle in a pool). */
   initialChunks?: Buffer[];
+  /** The peer's end-of-stream arrived before this stream existed (after `initialChunks`). */
+  initialEnd?: boolean;
+  /**
+   * What the connection negotiated on its upgrade. With half-close, `end()`
+   * ends only our direction on the wire (the peer's own end follows unless it
+   * set `allowHalfOpen`). Default: none, as with a Go npws peer.
+   */
+  extensions?: Extensions;
 }
 
 /** ws keeps the raw socket private; we need it for the `net.Socket`-shaped surface. */
@@ -33,9 +42,14 @@ export function rawSocketOf(ws: WebSocket): Socket {
  *
  * - Backpressure runs both ways: a reader that stops reading pauses the socket;
  *   a slow peer makes `write()` return false.
- * - `end()` flushes, then closes with 1000. `destroy()` terminates the socket.
- * - A peer close with 1000/1001 ends the readable side; any other code, a text
- *   message or a socket error destroys the stream with one `'error'`.
+ * - Without half-close (a Go npws peer), `end()` flushes, then closes with
+ *   1000. With it, `end()` sends end-of-stream in band and the other direction
+ *   stays open; the WebSocket closes with 1000 once both directions have
+ *   ended. As with `net.Socket`, the peer's end-of-stream ends our side too
+ *   unless `allowHalfOpen` is set to true. `destroy()` terminates the socket.
+ * - The peer's end-of-stream, or its close with 1000/1001, ends the readable
+ *   side; any other code, a stray text message or a socket error destroys the
+ *   stream with one `'error'` (a `PoolError` with a `code`).
  * - `bytesRead` / `bytesWritten` count payload bytes, not framing.
  *
  * Events besides the Duplex ones: `'timeout'` (after `setTimeout`), and
@@ -51,6 +65,8 @@ export class PoolConn extends Duplex {
   bytesRead = 0;
   /** Payload bytes handed to the WebSocket for sending. */
   bytesWritten = 0;
+  /** What the connection negotiated on its upgrade (half-close: `end()` leaves the other direction open). */
+  readonly extensions: Extensions;
 
   readonly #socket: Socket;
   #timeoutForwarded = false;
@@ -62,21 +78,29 @@ export class PoolConn extends Duplex {
    * still buffered is bounded by what was already in flight.
    */
   #closeSent = false;
+  /** The peer's end-of-stream has been pushed: nothing more may arrive. */
+  #endReceived = false;
+  /** Our end-of-stream is out (half-close only). */
+  #endSent = false;
 
   constructor(ws: WebSocket, id: string, options: PoolConnOptions = {}) {
     super({
+      // As net.Socket: the peer's end-of-stream ends ours too, unless the
+      // caller sets `allowHalfOpen` (splice does, to carry half-close).
       allowHalfOpen: false,
       readableHighWaterMark: options.readableHighWaterMark ?? 64 * 1024,
       writableHighWaterMark: options.writableHighWaterMark ?? 64 * 1024,
     });
     this.id = id;
     this.webSocket = ws;
+    this.extensions = options.extensions ?? NO_EXTENSIONS;
     this.#socket = rawSocketOf(ws);
 
     for (const chunk of options.initialChunks ?? []) {
       this.bytesRead += chunk.length;
       this.push(chunk);
     }
+    if (options.initialEnd) this.#receiveEnd();
     ws.binaryType = 'nodebuffer';
     ws.on('message', this.#onMessage);
     ws.on('close', this.#onClose);
@@ -188,6 +212,10 @@ export class PoolConn extends Duplex {
    * callback, our writable buffer fills, and write() returns false.
    */
   #send(chunks: Buffer[], callback: (error?: Error | null) => void): void {
+    if (this.webSocket.readyState !== WebSocket.OPEN) {
+      callback(new TransportClosedError());
+      return;
+    }
     const last = chunks.length - 1;
     chunks.forEach((chunk, index) => {
       this.bytesWritten += chunk.length;
@@ -207,9 +235,32 @@ export class PoolConn extends Duplex {
       callback();
       return;
     }
+    if (this.extensions.halfClose) {
+      ws.send(END_OF_STREAM, { binary: false, compress: false, fin: true }, (error) => {
+        if (error) return callback(new TransportClosedError());
+        this.#endSent = true;
+        // Before the callback: 'finish' may end the stream, and it must find the close under way.
+        this.#closeWhenBothEnded();
+        callback();
+      });
+      return;
+    }
     this.#stopBackpressure();
     ws.once('close', () => callback());
     ws.close(1000);
+  }
+
+  /** Half-close: once both directions have ended, the WebSocket closes normally. */
+  #closeWhenBothEnded(): void {
+    if (!this.#endSent || !this.#endReceived || this.webSocket.readyState !== WebSocket.OPEN) return;
+    this.#stopBackpressure();
+    this.webSocket.close(1000);
+  }
+
+  #receiveEnd(): void {
+    this.#endReceived = true;
+    this.push(null);
+    this.#closeWhenBothEnded();
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
@@ -224,21 +275,29 @@ export class PoolConn extends Duplex {
   }
 
   readonly #onMessage = (data: Buffer, isBinary: boolean): void => {
+    if (this.#endReceived) return this.#breakProtocol('the peer sent a message after its end-of-stream');
     if (!isBinary) {
-      this.webSocket.close(CLOSE_UNSUPPORTED_DATA, 'binary messages only');
-      this.destroy(new ProtocolError('the peer sent a text message; only binary messages carry the stream'));
+      if (this.extensions.halfClose && data.toString() === END_OF_STREAM) this.#receiveEnd();
+      else this.#breakProtocol('the peer sent a text message; only binary messages carry the stream');
       return;
     }
     this.bytesRead += data.length;
     if (!this.push(data) && !this.#closeSent) this.webSocket.pause();
   };
 
+  #breakProtocol(message: string): void {
+    this.webSocket.close(CLOSE_UNSUPPORTED_DATA, 'binary messages only');
+    this.destroy(new ProtocolError(message));
+  }
+
   readonly #onClose = (code: number, reason: Buffer): void => {
     this.webSocket.removeListener('message', this.#onMessage);
     this.emit('transportClose', code);
     if (this.destroyed) return;
     if (CLEAN_CLOSE_CODES.has(code)) {
-      this.push(null);
+      if (!this.#endReceived) this.push(null);
+      // Nothing written from now on can be sent: end our side too, even if the caller allows half-open.
+      if (!this.writableEnded) this.end();
     } else {
       this.destroy(new ConnectionClosedError(code, reason.toString()));
     }

@@ -6,6 +6,23 @@
 export const KEEPALIVE_HEADER = 'x-pool-keepalive';
 export const KEEPALIVE_VALUE = 'pong';
 
+/**
+ * Upgrade-request header in which our client offers half-close, and response
+ * header in which our server confirms it. Once both sides have it, `end()`
+ * sends {@link END_OF_STREAM} instead of closing the WebSocket, and the
+ * WebSocket closes once both directions have ended. A Go npws peer sends and
+ * answers neither, and then `end()` closes the whole connection, as it does there.
+ */
+export const HALF_CLOSE_HEADER = 'x-pool-half-close';
+export const HALF_CLOSE_VALUE = '1';
+
+/**
+ * The text message that carries end-of-stream in band on a connection that
+ * negotiated half-close: the sender writes nothing more; the other direction
+ * stays open. Any other text message is a protocol error.
+ */
+export const END_OF_STREAM = 'end';
+
 /** Upgrade-request header carrying the optional shared-secret token. */
 export const TOKEN_HEADER = 'x-pool-token';
 

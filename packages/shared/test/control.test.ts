@@ -1,11 +1,23 @@
 import { describe, expect, it } from '@jest/globals';
-import { CONTROL_MAX_BYTES, decodeControl, encodeControl, envNameOf, parseCommandLine } from '@pool/shared';
+import { CONTROL_MAX_BYTES, decodeControl, encodeControl, envNameOf, parseCommandLine, parseControlFeatures } from '@pool/shared';
 
 describe('control messages', () => {
   it('round-trips a connect order', () => {
     const text = encodeControl({ v: 1, type: 'connect', id: 'a1b2c3d4' });
     expect(JSON.parse(text)).toEqual({ v: 1, type: 'connect', id: 'a1b2c3d4' });
     expect(decodeControl(text)).toEqual({ v: 1, type: 'connect', id: 'a1b2c3d4' });
+  });
+
+  it('round-trips a claim acknowledgement and a demand', () => {
+    expect(decodeControl(encodeControl({ v: 1, type: 'claimed', id: '0badc0de' }))).toEqual({ v: 1, type: 'claimed', id: '0badc0de' });
+    expect(decodeControl(encodeControl({ v: 1, type: 'demand', waiting: 1_000 }))).toEqual({ v: 1, type: 'demand', waiting: 1_000 });
+    expect(decodeControl('{"v":1,"type":"demand","waiting":0}')).toEqual({ v: 1, type: 'demand', waiting: 0 });
+  });
+
+  it('reads the features an agent lists, ignoring unknown ones', () => {
+    expect([...parseControlFeatures('claimed, demand,teleport')]).toEqual(['claimed', 'demand']);
+    expect([...parseControlFeatures(['demand'])]).toEqual(['demand']);
+    expect(parseControlFeatures(undefined).size).toBe(0);
   });
 
   it('ignores unknown extra fields (forward compatible within a version)', () => {
@@ -23,6 +35,11 @@ describe('control messages', () => {
     ['a bad id', '{"v":1,"type":"connect","id":"A1B2C3D4"}'],
     ['a missing id', '{"v":1,"type":"connect"}'],
     ['a numeric id', '{"v":1,"type":"connect","id":12345678}'],
+    ['a claim without an id', '{"v":1,"type":"claimed"}'],
+    ['a negative demand', '{"v":1,"type":"demand","waiting":-1}'],
+    ['a fractional demand', '{"v":1,"type":"demand","waiting":1.5}'],
+    ['a huge demand', '{"v":1,"type":"demand","waiting":1e12}'],
+    ['a demand as text', '{"v":1,"type":"demand","waiting":"9"}'],
     ['an oversized message', `{"v":1,"type":"connect","id":"a1b2c3d4","pad":"${'x'.repeat(CONTROL_MAX_BYTES)}"}`],
   ])('rejects %s with ERR_CONTROL_MESSAGE', (_label, text) => {
     expect(() => decodeControl(text)).toThrow(expect.objectContaining({ code: 'ERR_CONTROL_MESSAGE' }));

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { once } from 'node:events';
-import { KeepAliveSweeper } from '@pool/shared';
+import { DEAD_AFTER_SWEEPS, KeepAliveSweeper, PING_AFTER_SWEEPS, SWEEPS_PER_PERIOD, livenessAction, type LivenessAction } from '@pool/shared';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 
 let pair: ConnPair | undefined;
@@ -10,6 +10,28 @@ afterEach(async () => {
   sweeper?.close();
   await pair?.close();
   pair = sweeper = undefined;
+});
+
+describe('livenessAction', () => {
+  it.each<[number, boolean, LivenessAction]>([
+    [0, false, 'wait'],
+    [1, false, 'wait'],
+    [2, false, 'ping'],
+    [3, false, 'ping'],
+    [4, false, 'destroy'],
+    [9, false, 'destroy'],
+    [0, true, 'ping'],
+    [9, true, 'ping'],
+  ])('%i sweeps of silence, paused %p: %s', (silent, paused, action) => {
+    expect(livenessAction(silent, paused)).toBe(action);
+  });
+
+  it('judges within two periods: death just after the peer was heard is destroyed four half-period sweeps later', () => {
+    expect(SWEEPS_PER_PERIOD).toBe(2);
+    expect(DEAD_AFTER_SWEEPS / SWEEPS_PER_PERIOD).toBeLessThanOrEqual(2);
+    // A live peer gets at least half a period to answer the first ping.
+    expect(DEAD_AFTER_SWEEPS - PING_AFTER_SWEEPS).toBeGreaterThanOrEqual(1 + 1);
+  });
 });
 
 describe('KeepAliveSweeper', () => {
@@ -54,6 +76,35 @@ describe('KeepAliveSweeper', () => {
     expect(error).toMatchObject({ code: 'ERR_KEEPALIVE_TIMEOUT' });
     expect(Date.now() - started).toBeLessThan(2 * 100 + 100);
     expect(sweeper.size).toBe(0);
+  });
+
+  it.each([0, 37, 71, 99])('destroys a peer that goes silent %i ms into a period within two periods, whatever the phase', async (phaseMs) => {
+    pair = await connPair({ tls: false });
+    pair.server.on('error', () => {});
+    pair.client.on('error', () => {});
+    sweeper = new KeepAliveSweeper(100);
+    sweeper.track(pair.client);
+    // Answered for a while, then silent from a point in the middle of a period.
+    await new Promise((resolve) => setTimeout(resolve, 300 + phaseMs));
+    (pair.server.webSocket as unknown as { _autoPong: boolean })._autoPong = false;
+    const silentAt = Date.now();
+    await once(pair.client, 'error');
+    // Two periods at most; on top, timer lateness on a loaded machine.
+    expect(Date.now() - silentAt).toBeLessThanOrEqual(2 * 100 + 60);
+  });
+
+  it('never judges a paused socket (it cannot read pongs), and keeps pinging so that its peer hears it', async () => {
+    pair = await connPair({ tls: false });
+    (pair.server.webSocket as unknown as { _autoPong: boolean })._autoPong = false;
+    sweeper = new KeepAliveSweeper(50);
+    sweeper.track(pair.client);
+    pair.client.webSocket.pause();
+    let pings = 0;
+    pair.server.webSocket.on('ping', () => pings++);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(pair.client.destroyed).toBe(false);
+    expect(pings).toBeGreaterThanOrEqual(6);
+    pair.client.webSocket.resume();
   });
 
   it('runs one interval timer for any number of connections, stopped once emptied or closed', async () => {

@@ -66,7 +66,7 @@ async function main(): Promise<void> {
     () => operations.shutDown(relay),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} accepted=${s.accepted} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} errors=${relay.ErrorCount()}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} errors=${relay.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );

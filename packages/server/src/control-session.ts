@@ -1,0 +1,82 @@
+import { setMaxListeners } from 'node:events';
+import type { WebSocket } from 'ws';
+import { PendingGet, PoolClosedError, decodeControl, encodeControl, type ControlFeature, type ControlMessage, type PoolConn } from '@pool/shared';
+
+/**
+ * One agent's control channel, from its upgrade until it closes: the orders
+ * sent on it that wait for the agent's `claimed`, and a signal that aborts
+ * when it goes, so that users waiting on this agent stop at once.
+ */
+export class ControlSession {
+  readonly ws: WebSocket;
+  readonly agentId: string;
+  readonly features: ReadonlySet<ControlFeature>;
+  /** Answered our last ping (or just connected). */
+  alive = true;
+  readonly #claimWaits = new Map<string, PendingGet<void>>();
+  readonly #ended = new AbortController();
+
+  /**
+   * @param onMisbehaved called when the agent sends anything but a well-formed `claimed`; the channel is then closed with 1003.
+   */
+  constructor(ws: WebSocket, agentId: string, features: ReadonlySet<ControlFeature>, onMisbehaved: (error: Error) => void) {
+    this.ws = ws;
+    this.agentId = agentId;
+    this.features = features;
+    // Every user waiting on this agent listens: thousands in a burst, by design.
+    setMaxListeners(0, this.#ended.signal);
+    ws.on('pong', () => {
+      this.alive = true;
+    });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      let message: ControlMessage | undefined;
+      try {
+        message = isBinary ? undefined : decodeControl(data.toString());
+      } catch (error) {
+        onMisbehaved(error as Error);
+      }
+      if (message?.type === 'claimed' && this.features.has('claimed')) {
+        this.#claimWaits.get(message.id)?.resolve();
+        return;
+      }
+      ws.close(1003, 'the relay expects only claimed messages');
+    });
+    ws.once('close', () => this.#ended.abort());
+  }
+
+  /** Aborts once the channel has closed. */
+  get ended(): AbortSignal {
+    return this.#ended.signal;
+  }
+
+  send(message: ControlMessage): void {
+    this.ws.send(encodeControl(message));
+  }
+
+  /**
+   * Orders the agent to claim `conn` and resolves once it has: true when the
+   * agent acknowledged within `timeoutMs` (at once for an agent without the
+   * `claimed` feature), false when it did not, when `conn` closed first, when
+   * `signal` aborted, or when this channel closed.
+   */
+  order(conn: PoolConn, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
+    this.send({ v: 1, type: 'connect', id: conn.id });
+    if (!this.features.has('claimed')) return Promise.resolve(true);
+    const { id } = conn;
+    const claimed = new PendingGet<void>(timeoutMs, { signal }, () => {});
+    const fail = (): void => {
+      claimed.reject(new PoolClosedError('the pooled connection or the control channel closed before the claim'));
+    };
+    this.#claimWaits.set(id, claimed);
+    conn.once('transportClose', fail);
+    this.#ended.signal.addEventListener('abort', fail);
+    return claimed.promise.then(
+      () => true,
+      () => false,
+    ).finally(() => {
+      this.#claimWaits.delete(id);
+      conn.removeListener('transportClose', fail);
+      this.#ended.signal.removeEventListener('abort', fail);
+    });
+  }
+}

@@ -1,0 +1,72 @@
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+
+/** Bytes kept from a queued user before its socket is paused (and its departure goes unseen until it is served). */
+export const QUEUED_USER_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * A user connection waiting for a pooled connection. A paused socket would
+ * not surface the user's FIN or reset, so this one keeps reading: what the
+ * user sends meanwhile is kept (up to {@link QUEUED_USER_BUFFER_BYTES}, then
+ * the socket pauses), and `signal` aborts the moment the user leaves, so that
+ * the wait ends at once and no pooled connection is spent on nobody.
+ *
+ * A user leaves by closing, or by a FIN before sending anything: a client
+ * that half-closes after its request (`shutdown(SHUT_WR)`) stays queued, and
+ * its end-of-stream is carried once it is served.
+ */
+export class QueuedUser {
+  readonly socket: Socket;
+  readonly #left = new AbortController();
+  readonly #chunks: Buffer[] = [];
+  #bytes = 0;
+
+  constructor(socket: Socket) {
+    this.socket = socket;
+    socket.on('data', this.#onData);
+    socket.once('end', this.#onEnd);
+    socket.once('close', this.#onClose);
+  }
+
+  /** Aborts when the user leaves while queued. */
+  get signal(): AbortSignal {
+    return this.#left.signal;
+  }
+
+  /**
+   * Stops watching and writes what the user sent so far to `conn`; from here
+   * `splice` carries the stream (and the user's end-of-stream, if it came).
+   */
+  handOver(conn: Duplex): void {
+    this.#stopWatching();
+    for (const chunk of this.#chunks.splice(0)) conn.write(chunk);
+  }
+
+  /** Stops watching and closes the user's connection (no pooled connection came). */
+  drop(): void {
+    this.#stopWatching();
+    this.socket.destroy();
+  }
+
+  #stopWatching(): void {
+    // Paused before the 'data' listener goes: a flowing socket without one would drop what arrives.
+    this.socket.pause();
+    this.socket.removeListener('data', this.#onData);
+    this.socket.removeListener('end', this.#onEnd);
+    this.socket.removeListener('close', this.#onClose);
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#chunks.push(chunk);
+    this.#bytes += chunk.length;
+    if (this.#bytes >= QUEUED_USER_BUFFER_BYTES) this.socket.pause();
+  };
+
+  readonly #onEnd = (): void => {
+    if (this.#bytes === 0) this.#left.abort();
+  };
+
+  readonly #onClose = (): void => {
+    this.#left.abort();
+  };
+}

@@ -1,0 +1,160 @@
+import { afterEach, describe, expect, it } from '@jest/globals';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import WebSocket from 'ws';
+import { Relay, type RelayOptions } from '@pool/server';
+import { offerHeaders, type ControlMessage, type Extensions, type PoolConn } from '@pool/shared';
+import { dialPool } from '../../../tests/helpers/raw-http.js';
+import { hashUntilEnd, nextEvent } from '../../../tests/helpers/streams.js';
+
+// The relay against a scripted agent: a raw control channel and pooled
+// connections dialled by hand, so that each test decides what the agent does.
+
+const HALF_CLOSE: Extensions = { keepAlive: false, halfClose: true };
+const relays: Relay[] = [];
+const sockets: Array<{ destroy(): void }> = [];
+
+afterEach(async () => {
+  for (const socket of sockets.splice(0)) socket.destroy();
+  await Promise.all(relays.splice(0).map((relay) => relay.close()));
+});
+
+async function startRelay(options: RelayOptions = {}): Promise<{ relay: Relay; port: number; publicPort: number }> {
+  const relay = new Relay({ host: '127.0.0.1', publicHost: '127.0.0.1', ...options });
+  relays.push(relay);
+  await relay.start();
+  return { relay, ...relay.address() };
+}
+
+/** A control channel as an agent opens one; `orders` collects what the relay sends on it. */
+async function scriptedAgent(port: number, features = 'claimed,demand'): Promise<{ control: WebSocket; orders: ControlMessage[] }> {
+  const control = new WebSocket(`ws://127.0.0.1:${port}/control`, {
+    headers: { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': features },
+  });
+  const orders: ControlMessage[] = [];
+  control.on('message', (data: Buffer) => orders.push(JSON.parse(data.toString()) as ControlMessage));
+  control.on('error', () => {});
+  sockets.push({ destroy: () => control.terminate() });
+  await once(control, 'open');
+  return { control, orders };
+}
+
+async function pooled(port: number): Promise<PoolConn> {
+  // Half-close offered, as our agents do (the relay confirms it).
+  const conn = await dialPool(`ws://127.0.0.1:${port}/`, { headers: offerHeaders(HALF_CLOSE), extensions: HALF_CLOSE });
+  conn.on('error', () => {});
+  sockets.push(conn);
+  return conn;
+}
+
+async function user(publicPort: number): Promise<Socket> {
+  const socket = connect({ port: publicPort, host: '127.0.0.1', allowHalfOpen: true });
+  socket.on('error', () => {});
+  sockets.push(socket);
+  await once(socket, 'connect');
+  return socket;
+}
+
+/** Waits (bounded, 5 s) until `condition` holds. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1_000 && !condition(); i++) await sleep(5);
+  if (!condition()) throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('Relay: users waiting for a pooled connection', () => {
+  it.each([
+    ['closes', (socket: Socket) => socket.destroy()],
+    ['resets', (socket: Socket) => socket.resetAndDestroy()],
+    ['sends FIN before any byte', (socket: Socket) => socket.end()],
+  ])('a queued user who %s is dropped within 100 ms, and no pooled connection is spent on it', async (_how, leave) => {
+    const { relay, port, publicPort } = await startRelay();
+    const { orders } = await scriptedAgent(port);
+    const socket = await user(publicPort);
+    await until(() => relay.stats().waiting === 1, 'the user to queue');
+    await until(() => orders.some((order) => order.type === 'demand'), 'the demand to reach the agent');
+    expect(orders).toContainEqual({ v: 1, type: 'demand', waiting: 1 });
+    const leftAt = performance.now();
+    leave(socket);
+    await until(() => relay.stats().departed === 1, 'the relay to notice');
+    expect(performance.now() - leftAt).toBeLessThan(100);
+    expect(relay.stats().waiting).toBe(0);
+    // A pooled connection that arrives now stays in the pool: nobody is ordered to claim it.
+    await pooled(port);
+    await until(() => relay.pool.Active() === 1, 'the connection to be pooled');
+    await sleep(50);
+    expect(relay.pool.Active()).toBe(1);
+    expect(orders.filter((order) => order.type === 'connect')).toEqual([]);
+  });
+
+  it('a queued user who sends its request and half-closes stays queued, and is served with both', async () => {
+    const { relay, port, publicPort } = await startRelay();
+    const { control, orders } = await scriptedAgent(port);
+    const socket = await user(publicPort);
+    socket.end('request');
+    await until(() => relay.stats().waiting === 1, 'the user to queue');
+    await sleep(50);
+    expect(relay.stats().departed).toBe(0);
+    const conn = await pooled(port);
+    await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
+    conn.allowHalfOpen = true;
+    const request = await hashUntilEnd(conn);
+    expect(request.bytes).toBe('request'.length);
+    conn.end('reply');
+    const reply = await hashUntilEnd(socket);
+    expect(reply.bytes).toBe('reply'.length);
+    await until(() => relay.stats().finished === 1, 'the tunnel to finish');
+    expect(relay.stats()).toMatchObject({ open: 0, failed: 0 });
+  });
+});
+
+describe('Relay: connect orders', () => {
+  it('retries with another connection when the agent does not claim within claimTimeout; the user loses no byte', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
+    const { control, orders } = await scriptedAgent(port);
+    const first = await pooled(port);
+    const second = await pooled(port);
+    await until(() => relay.pool.Active() === 2, 'two pooled connections');
+    const firstClosed = nextEvent(first, 'close');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'a second order');
+    const connects = orders.filter((order) => order.type === 'connect');
+    expect(connects.map((order) => 'id' in order && order.id)).toEqual([first.id, second.id]);
+    await firstClosed;
+    expect(first.bytesRead).toBe(0);
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
+    const [data] = (await once(second, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    expect(relay.stats().claimRetries).toBe(1);
+  });
+
+  it('an agent without the claimed feature is not timed: its order is spliced at once, as before', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 50 });
+    const { orders } = await scriptedAgent(port, '');
+    const conn = await pooled(port);
+    await until(() => relay.pool.Active() === 1, 'a pooled connection');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    const [data] = (await once(conn, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    await sleep(100);
+    expect(relay.stats().claimRetries).toBe(0);
+    expect(orders.filter((order) => order.type === 'demand')).toEqual([]);
+  });
+
+  it('users waiting on an agent whose control channel closes are dropped at once', async () => {
+    const { relay, port, publicPort } = await startRelay();
+    const { control } = await scriptedAgent(port);
+    const socket = await user(publicPort);
+    await until(() => relay.stats().waiting === 1, 'the user to queue');
+    const dropped = nextEvent(socket, 'end');
+    const leftAt = performance.now();
+    control.terminate();
+    await dropped;
+    expect(performance.now() - leftAt).toBeLessThan(500);
+    expect(relay.stats().noAgent).toBe(1);
+  });
+});
