@@ -89,7 +89,7 @@ function spawnUntil(args: string[], pattern: RegExp): Promise<{ child: ChildProc
  * after the agent connected (cold), and again 10 s later (warm); each burst is
  * followed by the same N straight to the target.
  */
-export async function bursts(sizes: number[], warmAfterMs = 10_000): Promise<BurstRow[]> {
+export async function bursts(sizes: number[], warmAfterMs = 10_000, flags: { relay?: string[]; agent?: string[] } = {}): Promise<BurstRow[]> {
   const target = await spawnUntil(
     ['-e', `require('node:net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(0, '127.0.0.1', function () { console.log('port=' + this.address().port); });`],
     /port=(\d+)/,
@@ -99,12 +99,12 @@ export async function bursts(sizes: number[], warmAfterMs = 10_000): Promise<Bur
   try {
     for (const users of sizes) {
       const relay = await spawnUntil(
-        [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', '--log-level', 'warn'],
+        [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', '--log-level', 'warn', ...(flags.relay ?? [])],
         / ready port=(\d+) public-port=(\d+)/,
       );
       const [port, publicPort] = [Number(relay.match[1]), Number(relay.match[2])];
       const agent = await spawnUntil(
-        [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--status-interval', '0', '--log-level', 'warn'],
+        [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--status-interval', '0', '--log-level', 'warn', ...(flags.agent ?? [])],
         /control connected/,
       );
       try {

@@ -17,7 +17,7 @@ async function main(): Promise<void> {
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
       token: { type: 'string', description: 'shared secret the relay expects' },
       'min-cap': { type: 'string', description: 'pool capacity floor', default: '4' },
-      'max-cap': { type: 'string', description: 'pool capacity ceiling', default: '64' },
+      'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256' },
       'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100' },
       'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000' },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },

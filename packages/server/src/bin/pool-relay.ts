@@ -20,7 +20,7 @@ async function main(): Promise<void> {
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
-      'max-cap': { type: 'string', description: 'most idle pooled connections', default: '100' },
+      'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256' },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
       'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000' },
       'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000' },
