@@ -138,7 +138,7 @@ describe('pool-relay + pool-agent, end to end', () => {
     expect(help.lines.join('\n')).toMatch(/--public-port <v>.*POOL_PUBLIC_PORT/);
     const bad = new CliProcess(AGENT_BIN, ['--server', 'relay:1']);
     expect(await bad.exited).toBe(2);
-    expect(bad.lines.join('\n')).toMatch(/--server and --target are required/);
+    expect(bad.lines.join('\n')).toMatch(/--server, and --target or at least one --service, are required/);
   });
 });
 

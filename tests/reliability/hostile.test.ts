@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
+import { once } from 'node:events';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -125,41 +126,57 @@ describe('hostile input', () => {
     await stillServes();
   }, 60_000);
 
-  it('a text frame gets close 1003, an oversized frame 1009, a talking control client 1003', async () => {
+  it('a pooled dial without a session gets 401; on a bound one a text frame gets close 1003, an oversized frame 1009; a talking control client 1003', async () => {
     const asAgent = async (path: string, headers: Record<string, string> = {}): Promise<WebSocket> => {
       const ws = new WebSocket(`wss://127.0.0.1:${ports.port}${path}`, { rejectUnauthorized: false, perMessageDeflate: false, headers });
       ws.on('error', () => {});
       return ws;
     };
     const closeCode = (ws: WebSocket): Promise<number> => new Promise((resolve) => ws.once('close', (code: number) => resolve(code)));
+    const refusal = (ws: WebSocket): Promise<number> =>
+      new Promise((resolve) => ws.once('unexpected-response', (_req, res: { statusCode: number; resume(): void }) => {
+        res.resume();
+        resolve(res.statusCode);
+      }));
 
-    const texting = await asAgent('/');
+    // Without the session the relay gave its agent, a pooled connection never reaches users.
+    const unbound = await asAgent('/');
+    expect(await refusal(unbound)).toBe(401);
+    unbound.terminate();
+
+    // Without an agent ID, or too old to take a session, a control upgrade is refused: a stray client cannot take the channel.
+    const anonymous = await asAgent('/control');
+    expect(await refusal(anonymous)).toBe(400);
+    anonymous.terminate();
+    const sessionless = await asAgent('/control', { 'x-pool-agent-id': randomUUID() });
+    expect(await refusal(sessionless)).toBe(400);
+    sessionless.terminate();
+
+    // This relay takes any agent (no token): whoever opens the control channel is given the session.
+    const control = await asAgent('/control', { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': 'session' });
+    const [first] = (await once(control, 'message')) as [Buffer];
+    const { secret } = JSON.parse(first.toString()) as { secret: string };
+    const bound = { 'x-pool-session': secret };
+
+    const texting = await asAgent('/', bound);
     const textConn = await receiveId(texting, 5_000);
     textConn.on('error', () => {});
     const textClosed = closeCode(texting);
     texting.send('hello'); // a Go npws peer never does this; the relay must
     expect(await textClosed).toBe(1003);
 
-    const oversized = await asAgent('/');
+    const oversized = await asAgent('/', bound);
     const bigConn = await receiveId(oversized, 5_000);
     bigConn.on('error', () => {});
     const bigClosed = closeCode(oversized);
     oversized.send(Buffer.alloc(1024 * 1024 + 1));
     expect(await bigClosed).toBe(1009);
 
-    // Without an agent ID a control upgrade is refused: a stray client cannot take the channel.
-    const anonymous = await asAgent('/control');
-    const refusal = await new Promise<number>((resolve) => anonymous.once('unexpected-response', (_req, res: { statusCode: number }) => resolve(res.statusCode)));
-    expect(refusal).toBe(400);
-    anonymous.terminate();
-
-    const control = await asAgent('/control', { 'x-pool-agent-id': randomUUID() });
-    await new Promise((resolve) => control.once('open', resolve));
     const controlClosed = closeCode(control);
     control.send('{"v":1,"type":"connect","id":"a1b2c3d4"}');
     expect(await controlClosed).toBe(1003);
 
-    // The real agent was replaced by the impostor control client for a moment; it reconnects.
+    // The real agent was replaced by this control client for a moment; it reconnects.
     await agent.waitFor(/control connected/, 10_000);
     await stillServes();
   }, 30_000);

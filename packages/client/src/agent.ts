@@ -5,6 +5,13 @@ import WebSocket from 'ws';
 import {
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
+  AGENT_NAME_HEADER,
+  DEFAULT_SERVICE,
+  NAME_PATTERN,
+  SERVICES_HEADER,
+  SESSION_HEADER,
+  UnknownServiceError,
+  type ConnectMessage,
   CLOSE_TARGET_UNREACHABLE,
   CONTROL_FEATURES,
   CONTROL_FEATURES_HEADER,
@@ -22,12 +29,27 @@ import {
   type PoolConn,
 } from '@pool/shared';
 import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './client-pool.js';
+import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';
 
 /** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
 export interface AgentOptions extends ClientPoolOptions {
-  /** The local service each tunnel connects to, `host:port` (`[v6]:port` for IPv6). Required. */
-  target: string;
+  /**
+   * The local service each tunnel connects to, `host:port` (`[v6]:port` for
+   * IPv6): the relay's service `default`. Give this or `services`.
+   */
+  target?: string;
+  /**
+   * The services this agent serves, by name, each to its local `host:port`:
+   * the relay's configuration says which public port each name has. Default: none.
+   */
+  services?: Readonly<Record<string, string>>;
+  /**
+   * This agent's name, as the relay's configuration knows it. The relay
+   * identifies an agent by its token; a name that is not its token's is
+   * refused, which catches a token given to the wrong agent. Default: none.
+   */
+  name?: string;
   /** How long to wait for a pooled connection the relay named, in ms. Default: 5000. */
   claimTimeout?: number;
   /** How long to wait for the target to accept a connection, in ms. Default: 5000. */
@@ -48,6 +70,8 @@ export interface AgentStats {
   targetFailures: number;
   /** Demand messages received: users waiting at the relay, dialled for at once. */
   demands: number;
+  /** Orders for a service this agent does not serve. */
+  unknownServices: number;
   /** Times the control channel connected. */
   controlConnects: number;
   /** Pool dials started (retries included). */
@@ -92,13 +116,16 @@ const CONTROL_RETRY_MAX_MS = 1_000;
  * direction only, when the relay negotiated it (ours does; see `halfClose`).
  *
  * Events: `'control'` (connected: boolean); `'tunnel'` ({ error }) when one
- * ends; `'error'` for failures outside any call (emitted only when listened to).
+ * ends; `'notice'` ({ level, message }) when the relay reports a problem with
+ * this agent's configuration (also logged); `'error'` for failures outside any
+ * call (emitted only when listened to).
  */
 export class Agent extends ErrorCountingEmitter {
   readonly pool: ClientPool;
   /** This process's identity towards the relay: a restart is a new agent, a reconnect is not. */
   readonly agentId = randomUUID();
-  readonly #target: { host: string; port: number };
+  readonly #targetByService: ReadonlyMap<string, { host: string; port: number }>;
+  #session: string | undefined;
   readonly #controlUrl: string;
   readonly #controlOptions: WebSocket.ClientOptions | ClientRequestArgs;
   readonly #claimTimeoutMs: number;
@@ -106,7 +133,7 @@ export class Agent extends ErrorCountingEmitter {
   readonly #keepAliveMs: number;
 
   readonly #tunnels = new Set<PoolConn>();
-  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, controlConnects: 0 };
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0 };
   #control: WebSocket | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
@@ -115,7 +142,12 @@ export class Agent extends ErrorCountingEmitter {
 
   constructor(options: AgentOptions) {
     super(options.logger);
-    this.#target = parseHostPort('target', options.target);
+    const services = Object.entries(options.services ?? {});
+    if (options.target !== undefined) services.push([DEFAULT_SERVICE, options.target]);
+    if (services.length === 0) throw new InvalidOptionError('target', undefined, 'a target, or at least one service');
+    for (const [name] of services) if (!NAME_PATTERN.test(name)) throw new InvalidOptionError('service name', name, 'letters, digits, . _ - (up to 63)');
+    if (options.name !== undefined && !NAME_PATTERN.test(options.name)) throw new InvalidOptionError('name', options.name, 'letters, digits, . _ - (up to 63)');
+    this.#targetByService = new Map(services.map(([name, target]) => [name, parseHostPort(`service ${name}`, target)]));
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 5_000);
     this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
     this.pool = new ClientPool(options);
@@ -123,16 +155,23 @@ export class Agent extends ErrorCountingEmitter {
     this.#keepAliveMs = options.keepAlive ?? 30_000;
     const relay = resolveRelayTarget(options.server, options.tls);
     this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
-    const headers: Record<string, string> = { [AGENT_ID_HEADER]: this.agentId, [CONTROL_FEATURES_HEADER]: CONTROL_FEATURES.join(',') };
+    const headers: Record<string, string> = {
+      [AGENT_ID_HEADER]: this.agentId,
+      [CONTROL_FEATURES_HEADER]: CONTROL_FEATURES.join(','),
+      [SERVICES_HEADER]: [...this.#targetByService.keys()].join(','),
+    };
     if (options.token !== undefined) headers[TOKEN_HEADER] = options.token;
+    if (options.name !== undefined) headers[AGENT_NAME_HEADER] = options.name;
     this.#controlOptions = { perMessageDeflate: false, maxPayload: CONTROL_MAX_BYTES, headers, handshakeTimeout: 10_000, ...relay.tls };
   }
 
-  /** Starts the pool and the control channel; returns at once. */
+  /**
+   * Starts the control channel, and the pool once the relay has given this
+   * agent its session (pooled connections must present it); returns at once.
+   */
   start(): void {
     if (this.#closed || this.#control) return;
     this.#connectControl();
-    this.pool.ClientManager();
   }
 
   stats(): AgentStats {
@@ -200,10 +239,15 @@ export class Agent extends ErrorCountingEmitter {
         if (isBinary) throw new ControlMessageError('binary, expected JSON text');
         const message = decodeControl(data.toString());
         if (message.type === 'connect') {
-          void this.#serve(message.id);
+          void this.#serve(message);
         } else if (message.type === 'demand') {
           this.#stats.demands++;
           this.pool.dialNow(message.waiting);
+        } else if (message.type === 'session') {
+          this.#startSession(message.secret);
+        } else if (message.type === 'notice') {
+          this.logger[message.level]({ relay: this.#controlUrl }, `relay: ${message.message}`);
+          this.emit('notice', message);
         } else {
           throw new ControlMessageError(`${message.type} is not for agents`);
         }
@@ -223,8 +267,24 @@ export class Agent extends ErrorCountingEmitter {
     });
   }
 
-  async #serve(id: string): Promise<void> {
+  /**
+   * The relay's session for this control channel: pooled connections present
+   * it from now on. A new one (the relay restarted, or took us for a new
+   * agent) makes the idle connections useless, so they go and the pool refills.
+   */
+  #startSession(secret: string): void {
+    const previous = this.#session;
+    this.#session = secret;
+    this.pool.reconfigure({ headers: { [SESSION_HEADER]: secret } });
+    if (previous === undefined) this.pool.ClientManager();
+    else if (previous !== secret) void this.pool.Flush();
+  }
+
+  async #serve(order: ConnectMessage): Promise<void> {
+    const { id } = order;
     this.#stats.orders++;
+    const service = order.service ?? DEFAULT_SERVICE;
+    const target = this.#targetByService.get(service);
     let conn: PoolConn;
     try {
       conn = await this.pool.OutgoingGet(id, this.#claimTimeoutMs);
@@ -234,13 +294,22 @@ export class Agent extends ErrorCountingEmitter {
       return;
     }
     conn.on('error', () => {});
+    if (target === undefined) {
+      this.#stats.unknownServices++;
+      this.reportError(new UnknownServiceError(service));
+      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'unknown service');
+      conn.destroy();
+      return;
+    }
     this.#tunnels.add(conn);
     // The relay holds its user's bytes until this arrives, and retries with another connection without it.
     const control = this.#control;
     if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: 'claimed', id }));
     try {
-      const target = await this.#dialTarget();
-      const { error } = await splice(conn, target);
+      const socket = await this.#dialTarget(target);
+      // The target learns the user's address before any byte of the user's.
+      if (order.proxy && order.source && order.destination) socket.write(proxyHeader(order.proxy, order.source, order.destination));
+      const { error } = await splice(conn, socket);
       this.emit('tunnel', { error });
     } catch (error) {
       this.#stats.targetFailures++;
@@ -254,12 +323,12 @@ export class Agent extends ErrorCountingEmitter {
     }
   }
 
-  #dialTarget(): Promise<Socket> {
+  #dialTarget(address: { host: string; port: number }): Promise<Socket> {
     return new Promise((resolve, reject) => {
       // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
       // allowHalfOpen: the target's FIN ends one direction only; splice carries it to the user.
-      const socket = connect({ ...this.#target, timeout: this.#targetTimeoutMs, noDelay: true, allowHalfOpen: true });
-      const target = `${this.#target.host}:${this.#target.port}`;
+      const socket = connect({ ...address, timeout: this.#targetTimeoutMs, noDelay: true, allowHalfOpen: true });
+      const target = `${address.host}:${address.port}`;
       const fail = (error: Error): void => {
         socket.destroy();
         reject(error);

@@ -67,6 +67,11 @@ export interface ClientPoolOptions {
   tls?: TlsMode;
   /** Shared secret sent in the `x-pool-token` upgrade header. Default: none. */
   token?: string;
+  /**
+   * Extra headers sent on every upgrade (an Agent sends its relay session
+   * here). Reconfigurable: the next dial sends the new ones. Default: none.
+   */
+  headers?: Readonly<Record<string, string>>;
   /** Time for one dial, from TCP connect to the ID frame, in ms. Default: 10000. */
   handshakeTimeout?: number;
   /** Retries of a failed dial within a round (jittered exponential back-off, 100 ms to 1 s). Default: 2. */
@@ -91,7 +96,7 @@ export interface ClientPoolOptions {
 }
 
 /** The options `reconfigure` can change on a running pool. */
-export type ClientPoolSettings = Pick<ClientPoolOptions, 'minCap' | 'maxCap' | 'minInterval' | 'maxInterval' | 'keepAlive'>;
+export type ClientPoolSettings = Pick<ClientPoolOptions, 'minCap' | 'maxCap' | 'minInterval' | 'maxInterval' | 'keepAlive' | 'headers'>;
 
 interface Settings {
   minCap: number;
@@ -99,6 +104,7 @@ interface Settings {
   minInterval: number;
   maxInterval: number;
   keepAliveMs: number;
+  headers: Readonly<Record<string, string>>;
 }
 
 /** Validates every setting at once, so that a bad one changes nothing. */
@@ -109,7 +115,7 @@ function parseSettings(settings: ClientPoolSettings): Settings {
   const minInterval = checkMs('minInterval', settings.minInterval ?? 500);
   const maxInterval = checkMs('maxInterval', settings.maxInterval ?? 5_000);
   checkOrdered('minInterval', minInterval, 'maxInterval', maxInterval);
-  return { minCap, maxCap, minInterval, maxInterval, keepAliveMs: checkMs('keepAlive', settings.keepAlive ?? 30_000) };
+  return { minCap, maxCap, minInterval, maxInterval, keepAliveMs: checkMs('keepAlive', settings.keepAlive ?? 30_000), headers: { ...settings.headers } };
 }
 
 /** Counters for what the manager has done; cheap to read at any time. */
@@ -183,6 +189,8 @@ export class ClientPool extends ErrorCountingEmitter {
   /** Demand dials still to start, and in flight. */
   #demandOwed = 0;
   #demandInFlight = 0;
+  /** Dials in flight, of fill rounds and demand alike. */
+  #dialsInFlight = 0;
   #demandRound: DialRound = { successes: 0, failuresInARow: 0 };
   #interval: number;
   #state: State = 'new';
@@ -201,8 +209,8 @@ export class ClientPool extends ErrorCountingEmitter {
     // One secure context for every dial: without it tls.connect builds a new one
     // (CA store included) per connection, a tenth of the cost of a fill.
     this.#tls = target.tls && { ...target.tls, secureContext: createSecureContext(target.tls) };
-    const { minCap, maxCap, minInterval, maxInterval, keepAlive } = options;
-    this.#settingsInput = { minCap, maxCap, minInterval, maxInterval, keepAlive };
+    const { minCap, maxCap, minInterval, maxInterval, keepAlive, headers } = options;
+    this.#settingsInput = { minCap, maxCap, minInterval, maxInterval, keepAlive, headers };
     this.#settings = parseSettings(this.#settingsInput);
     this.#handshakeTimeoutMs = checkMs('handshakeTimeout', options.handshakeTimeout ?? 10_000, 1);
     this.#dialRetries = checkInt('dialRetries', options.dialRetries ?? 2, 0, 10);
@@ -235,7 +243,7 @@ export class ClientPool extends ErrorCountingEmitter {
   }
 
   #upgradeHeaders(): Record<string, string> {
-    const headers = offerHeaders(this.#extensions());
+    const headers = { ...this.#settings.headers, ...offerHeaders(this.#extensions()) };
     if (this.#token !== undefined) headers[TOKEN_HEADER] = this.#token;
     return headers;
   }
@@ -329,7 +337,7 @@ export class ClientPool extends ErrorCountingEmitter {
   #startDemandDials(signal: AbortSignal): void {
     const round = this.#demandRound;
     // maxCap bounds what is idle or on its way; what the relay's users take leaves room for more.
-    const room = (): boolean => this.#demandInFlight < this.#dialConcurrency && this.#idle.size + this.#demandInFlight < this.#settings.maxCap;
+    const room = (): boolean => this.#demandInFlight < this.#dialConcurrency && this.#idle.size + this.#dialsInFlight < this.#settings.maxCap;
     while (this.#demandOwed > 0 && room() && !signal.aborted) {
       if (round.failuresInARow >= OUTAGE_FAILURES) {
         this.#demandOwed = 0;
@@ -376,7 +384,9 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#burst = Math.min(settings.maxCap, this.#burst);
     this.#interval = Math.min(settings.maxInterval, Math.max(settings.minInterval, this.#interval));
     this.#sweeper.setPeriod(settings.keepAliveMs);
-    this.logger.info({ ...settings }, 'pool reconfigured');
+    // Not the headers: they carry secrets.
+    const { minCap, maxCap, minInterval, maxInterval, keepAliveMs } = settings;
+    this.logger.info({ minCap, maxCap, minInterval, maxInterval, keepAlive: keepAliveMs }, 'pool reconfigured');
     this.#wakeManager?.();
   }
 
@@ -530,6 +540,15 @@ export class ClientPool extends ErrorCountingEmitter {
   }
 
   async #dial(round: DialRound, signal: AbortSignal): Promise<void> {
+    this.#dialsInFlight++;
+    try {
+      await this.#dialOnce(round, signal);
+    } finally {
+      this.#dialsInFlight--;
+    }
+  }
+
+  async #dialOnce(round: DialRound, signal: AbortSignal): Promise<void> {
     this.#stats.dials++;
     const offered = this.#extensions();
     const ws = new WebSocket(this.#url, {

@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
-import { PendingGet, PoolClosedError, decodeControl, encodeControl, type ControlFeature, type ControlMessage, type PoolConn } from '@pool/shared';
+import { PendingGet, PoolClosedError, decodeControl, encodeControl, type ConnectMessage, type ControlFeature, type ControlMessage, type PoolConn } from '@pool/shared';
 
 /**
  * One agent's control channel, from its upgrade until it closes: the orders
@@ -9,8 +9,11 @@ import { PendingGet, PoolClosedError, decodeControl, encodeControl, type Control
  */
 export class ControlSession {
   readonly ws: WebSocket;
+  /** The agent instance (a UUID of the agent process): a restart is a new one. */
   readonly agentId: string;
   readonly features: ReadonlySet<ControlFeature>;
+  /** The services the agent says it serves. */
+  readonly services: readonly string[];
   /** Answered our last ping (or just connected). */
   alive = true;
   readonly #claimWaits = new Map<string, PendingGet<void>>();
@@ -19,10 +22,11 @@ export class ControlSession {
   /**
    * @param onMisbehaved called when the agent sends anything but a well-formed `claimed`; the channel is then closed with 1003.
    */
-  constructor(ws: WebSocket, agentId: string, features: ReadonlySet<ControlFeature>, onMisbehaved: (error: Error) => void) {
+  constructor(ws: WebSocket, agentId: string, features: ReadonlySet<ControlFeature>, services: readonly string[], onMisbehaved: (error: Error) => void) {
     this.ws = ws;
     this.agentId = agentId;
     this.features = features;
+    this.services = services;
     // Every user waiting on this agent listens: thousands in a burst, by design.
     setMaxListeners(0, this.#ended.signal);
     ws.on('pong', () => {
@@ -54,13 +58,14 @@ export class ControlSession {
   }
 
   /**
-   * Orders the agent to claim `conn` and resolves once it has: true when the
-   * agent acknowledged within `timeoutMs` (at once for an agent without the
-   * `claimed` feature), false when it did not, when `conn` closed first, when
-   * `signal` aborted, or when this channel closed.
+   * Orders the agent to claim `conn` (for `details`: the service, the PROXY
+   * header) and resolves once it has: true when the agent acknowledged within
+   * `timeoutMs` (at once for an agent without the `claimed` feature), false
+   * when it did not, when `conn` closed first, when `signal` aborted, or when
+   * this channel closed.
    */
-  order(conn: PoolConn, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
-    this.send({ v: 1, type: 'connect', id: conn.id });
+  order(conn: PoolConn, details: Omit<ConnectMessage, 'v' | 'type' | 'id'>, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
+    this.send({ v: 1, type: 'connect', id: conn.id, ...details });
     if (!this.features.has('claimed')) return Promise.resolve(true);
     const { id } = conn;
     const claimed = new PendingGet<void>(timeoutMs, { signal }, () => {});

@@ -1,15 +1,18 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import {
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
+  AGENT_NAME_HEADER,
   CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
+  DEFAULT_SERVICE,
   PoolClosedError,
+  SERVICES_HEADER,
   checkInt,
   checkMs,
   listen,
@@ -18,23 +21,36 @@ import {
   splice,
 } from '@pool/shared';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
+import { AgentSessions, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
+import { PublicService, type ServiceStats } from './public-service.js';
 import { QueuedUser } from './queued-user.js';
+import type { AgentConfig, ServiceConfig } from './relay-config.js';
 import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** The agent of a relay configured without `agents`: whoever the allowlist and `token` admit. */
+const DEFAULT_AGENT = 'default';
 
 /** Options for {@link Relay}. */
 export interface RelayOptions
-  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'halfClose' | 'backlog' | 'token' | 'tokens' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
+  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'halfClose' | 'backlog' | 'token' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
   /** Interface for the agents' port (pool and control). Default: all interfaces. */
   host?: string;
   /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */
   port?: number;
-  /** Interface for the public port users connect to. Default: all interfaces. */
+  /** Without `services`: interface for the one public port. Default: all interfaces. */
   publicHost?: string;
-  /** Port users connect to; each connection is tunnelled to the agent's target. Default: 0. */
+  /** Without `services`: the one public port, served by the agent's service `default`. Default: 0. */
   publicPort?: number;
+  /**
+   * The agents, by name, each with its own token (and optional allowlist). A
+   * token names its agent: one agent's token never reaches another's control
+   * channel, pool or users. Default: one unnamed agent admitted by `allow` and `token`.
+   */
+  agents?: Readonly<Record<string, AgentConfig>>;
+  /** Public ports and the agent service behind each. Default: `publicHost:publicPort` to service `default`. */
+  services?: readonly ServiceConfig[];
   /**
    * How long a user's connection waits for a pooled connection that the agent
    * has claimed, retries included, before it is closed, in ms. Default: 5000.
@@ -49,9 +65,12 @@ export interface RelayOptions
   claimTimeout?: number;
 }
 
+/** What {@link Relay#reload} can change while the relay runs. */
+export type RelayReload = Pick<RelayOptions, 'agents' | 'services'>;
+
 /** Counters since start; cheap to read. */
 export interface RelayStats {
-  /** User connections accepted on the public port. */
+  /** User connections accepted on the public ports. */
   accepted: number;
   /** Tunnels that ended, cleanly or not. */
   finished: number;
@@ -59,53 +78,67 @@ export interface RelayStats {
   open: number;
   /** User connections closed because no pooled connection came within `getTimeout`. */
   noConnection: number;
-  /** User connections closed because no agent was on the control channel, or it left while they waited. */
+  /** User connections closed because the service's agent was not on its control channel, or left while they waited. */
   noAgent: number;
   /** Users who left while waiting for a pooled connection. */
   departed: number;
   /** Orders the agent did not claim in time (or whose connection closed first), retried with another connection. */
   claimRetries: number;
+  /** Control channels replaced by a new one of the same agent (a restart, or someone else holding its token). */
+  controlReplaced: number;
   /** Users waiting for a pooled connection right now. */
   waiting: number;
   /** Tunnels that ended in an error (reset, target unreachable, …). */
   failed: number;
   /** Idle pooled connections. */
   idle: number;
-  /** Whether an agent holds the control channel. */
+  /** Whether an agent holds a control channel. */
   agentConnected: boolean;
+  /** Per agent: whether it is connected, its idle connections, users waiting for it. */
+  agents: Record<string, { connected: boolean; idle: number; waiting: number; services: string[] }>;
+  /** Per service: its users. */
+  services: Record<string, ServiceStats>;
 }
 
+/** Why a user got no tunnel, as counted in the stats. */
+type NoTunnel = 'noAgent' | 'noConnection' | 'departed';
+
 /**
- * The public half of a NodePass-style tunnel: a {@link ServerPool} for the
- * agent's pooled connections, a control channel to the agent, and a public
- * TCP port. Each user connection on the public port takes an idle pooled
- * connection, tells the agent its ID, and is spliced to it.
+ * The public half of NodePass-style tunnels: a {@link ServerPool} for the
+ * agents' pooled connections, a control channel per agent, and a public TCP
+ * port per service. Each user on a service's port takes an idle pooled
+ * connection of the agent serving that service, tells that agent its ID, and
+ * is spliced to it once the agent has claimed it.
  *
- * One agent serves a relay at a time: a new control connection replaces the
- * old one (an agent that restarted, or reconnected after a network fault). When
- * the agent instance changes, idle pooled connections are flushed, because only
- * the agent that dialled them can claim them.
+ * An agent is known by its token. On its control channel the relay gives it a
+ * session secret, which its pooled connections present: a connection is
+ * bound to the live session of the agent that dialled it, and a token holder
+ * who is not that agent can neither slip connections in front of users nor
+ * touch another agent. A second control channel of the same agent replaces the
+ * first (logged at `warn`, counted); when the agent instance changes, its idle
+ * pooled connections are flushed, because only the agent that dialled them can claim them.
  *
- * Events: `'agent'` (connected: boolean); `'tunnel'` ({ error }) when one ends;
- * `'error'` for failures outside any call (emitted only when listened to).
+ * Events: `'agent'` (connected: boolean, name); `'tunnel'` ({ error, service })
+ * when one ends; `'error'` for failures outside any call (emitted only when listened to).
  */
 export class Relay extends ErrorCountingEmitter {
   readonly pool: ServerPool;
   readonly #server: Server;
   readonly #headersDeadline: HeadersDeadline;
-  readonly #publicServer: NetServer;
+  readonly #serviceByName = new Map<string, PublicService>();
   readonly #controlWss: WebSocketServer;
+  readonly #agents: AgentSessions;
   #keepAliveMs: number;
   readonly #getTimeoutMs: number;
   readonly #backlog: number;
-  readonly #listen: { host: string | undefined; port: number; publicHost: string | undefined; publicPort: number };
+  readonly #listen: { host: string | undefined; port: number };
   readonly #userSockets = new Set<Socket>();
   readonly #claimTimeoutMs: number;
-  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, failed: 0 };
-  #control: ControlSession | undefined;
-  /** A demand message is due at the end of this turn of the event loop: a burst of users makes one. */
-  #demandDue = false;
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, failed: 0 };
+  /** Agents a demand message is due to at the end of this turn of the event loop: a burst of users makes one each. */
+  readonly #demandDue = new Set<string>();
   #controlPing: NodeJS.Timeout | undefined;
+  #started = false;
   #closing: Promise<void> | undefined;
 
   constructor(options: RelayOptions = {}) {
@@ -114,72 +147,86 @@ export class Relay extends ErrorCountingEmitter {
     this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 2_000, 1);
     this.#backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1);
-    this.#listen = {
-      host: options.host,
-      port: checkInt('port', options.port ?? 0, 0, 65_535),
-      publicHost: options.publicHost,
-      publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535),
-    };
+    this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
+    const services = options.services ?? [
+      { name: DEFAULT_SERVICE, agent: DEFAULT_AGENT, publicHost: options.publicHost, publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535) },
+    ];
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
     const serverOptions = httpTimeouts(headersTimeout);
     this.#server = options.tls
       ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
-    this.pool = new ServerPool({ ...options, server: this.#server });
+    this.#agents = new AgentSessions(agentAllowlists(options.agents), options.agents !== undefined);
+    this.pool = new ServerPool({ ...options, tokens: agentTokens(options.agents), server: this.#server, bind: this.#agents.bind });
     this.pool.on('error', this.reportError);
-    this.pool.on('waiting', this.#scheduleDemand);
+    this.pool.on('waiting', (_waiting: number, agent: string | undefined) => this.#scheduleDemand(agent));
     this.#controlWss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
       clientTracking: false,
       maxPayload: CONTROL_MAX_BYTES,
     });
-    // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
-    // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
-    this.#publicServer = createNetServer({ allowHalfOpen: true, noDelay: true }, this.#onUser);
+    for (const service of services) this.#serviceByName.set(service.name, this.#publicService(service));
   }
 
-  /** Listens on both ports. Rejects with the listen error (EADDRINUSE, …). */
+  #publicService(config: ServiceConfig): PublicService {
+    return new PublicService(config, this.#onUser, this.reportError);
+  }
+
+  /** Listens on the agents' port and every public port. Rejects with the listen error (EADDRINUSE, …). */
   async start(): Promise<void> {
     if (this.#closing) throw new PoolClosedError('the relay is closed');
     this.#server.on('upgrade', this.#onUpgrade);
     this.#server.on('request', this.#onPlainRequest);
     this.#server.on('error', this.reportError);
-    this.#publicServer.on('error', this.reportError);
     await listen(this.#server, this.#listen.port, this.#listen.host, this.#backlog);
-    await listen(this.#publicServer, this.#listen.publicPort, this.#listen.publicHost, this.#backlog);
+    for (const service of this.#serviceByName.values()) await service.listen(this.#backlog);
     await this.pool.ServerManager();
+    this.#started = true;
     this.#startControlPing();
   }
 
   #startControlPing(): void {
     clearInterval(this.#controlPing);
-    this.#controlPing = this.#keepAliveMs > 0 ? setInterval(this.#pingControl, this.#keepAliveMs).unref() : undefined;
+    this.#controlPing = this.#keepAliveMs > 0 ? setInterval(this.#pingControls, this.#keepAliveMs).unref() : undefined;
   }
 
-  /** The agents' port and the public port, once started. */
-  address(): { port: number; publicPort: number } {
+  /** The agents' port, and the public port of each service (`publicPort`: the first service's), once started. */
+  address(): { port: number; publicPort: number; publicPorts: Record<string, number> } {
+    const publicPorts = Object.fromEntries([...this.#serviceByName].filter(([, service]) => service.listening).map(([name, service]) => [name, service.port()]));
     return {
       port: (this.#server.address() as AddressInfo).port,
-      publicPort: (this.#publicServer.address() as AddressInfo).port,
+      publicPort: Object.values(publicPorts)[0] ?? 0,
+      publicPorts,
     };
   }
 
   stats(): RelayStats {
+    const agents: RelayStats['agents'] = {};
+    for (const agent of this.#agents.all()) {
+      agents[agent.name] = {
+        connected: agent.control !== undefined,
+        idle: this.pool.Active(agent.name),
+        waiting: this.pool.Waiting(agent.name),
+        services: [...agent.services],
+      };
+    }
     return {
       ...this.#stats,
       open: this.#userSockets.size,
       waiting: this.pool.Waiting(),
       idle: this.pool.Active(),
-      agentConnected: this.#control !== undefined,
+      agentConnected: Object.values(agents).some((agent) => agent.connected),
+      agents,
+      services: Object.fromEntries([...this.#serviceByName].map(([name, service]) => [name, { ...service.stats }])),
     };
   }
 
   /**
    * Changes the pool's settings while it runs (see `ServerPool#reconfigure`);
-   * the allowlist and tokens guard the control channel too, and `keepAlive`
-   * also sets its ping period. Throws `ERR_INVALID_OPTION`, changing nothing, for a bad value.
+   * the allowlist guards the control channels too, and `keepAlive` also sets
+   * their ping period. Throws `ERR_INVALID_OPTION`, changing nothing, for a bad value.
    */
   reconfigure(changes: ServerPoolSettings): void {
     this.pool.reconfigure(changes);
@@ -189,16 +236,47 @@ export class Relay extends ErrorCountingEmitter {
   }
 
   /**
-   * Stops taking users (the public port stops listening) and drains the pool:
+   * Applies a new set of agents and services without dropping open tunnels:
+   * tokens rotate for new connections, an agent that is gone loses its
+   * control channel and idle connections, a service that is gone stops
+   * listening (its open tunnels go on), a new one listens. Rejects with the
+   * listen error of a new service (the others are applied).
+   */
+  async reload(next: RelayReload): Promise<void> {
+    this.pool.reconfigure({ tokens: agentTokens(next.agents) ?? {} });
+    for (const gone of this.#agents.update(agentAllowlists(next.agents), next.agents !== undefined)) {
+      gone.control?.ws.close(1008, 'this agent is no longer configured');
+      void this.pool.Flush(gone.name);
+    }
+    const wanted = new Map((next.services ?? []).map((service) => [service.name, service]));
+    for (const [name, service] of this.#serviceByName) {
+      const config = wanted.get(name);
+      if (config && sameService(config, service.config)) continue;
+      service.close();
+      this.#serviceByName.delete(name);
+      this.logger.info({ service: name }, 'service removed');
+    }
+    for (const [name, config] of wanted) {
+      if (this.#serviceByName.has(name)) continue;
+      const service = this.#publicService(config);
+      this.#serviceByName.set(name, service);
+      if (this.#started) await service.listen(this.#backlog);
+      this.logger.info({ service: name, agent: config.agent, publicPort: config.publicPort }, 'service added');
+    }
+    for (const agent of this.#agents.all()) if (agent.control) this.#acceptServices(agent, agent.control.services);
+  }
+
+  /**
+   * Stops taking users (the public ports stop listening) and drains the pool:
    * open tunnels get up to `timeoutMs` to finish, and are cut after it. Call
    * `close()` afterwards; a drained relay is not restarted.
    */
   drain(timeoutMs: number): Promise<DrainResult> {
-    if (this.#publicServer.listening) this.#publicServer.close();
+    for (const service of this.#serviceByName.values()) service.close();
     return this.pool.Drain(timeoutMs);
   }
 
-  /** Stops both listeners, closes the control channel, the pool and every open tunnel. Idempotent. */
+  /** Stops every listener, closes the control channels, the pool and every open tunnel. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= this.#close();
     return this.#closing;
@@ -206,15 +284,16 @@ export class Relay extends ErrorCountingEmitter {
 
   async #close(): Promise<void> {
     clearInterval(this.#controlPing);
-    if (this.#publicServer.listening) this.#publicServer.close();
+    for (const service of this.#serviceByName.values()) service.close();
     this.#server.removeListener('upgrade', this.#onUpgrade);
     this.#server.close();
     this.#server.closeIdleConnections();
     this.#headersDeadline.close();
-    this.#control?.ws.close(1001);
+    const controls = [...this.#agents.all()].flatMap((agent) => (agent.control ? [agent.control] : []));
+    for (const control of controls) control.ws.close(1001);
     await this.pool.Close();
     for (const socket of this.#userSockets) socket.destroy();
-    this.#control?.ws.terminate();
+    for (const control of controls) control.ws.terminate();
   }
 
   readonly #onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -225,75 +304,122 @@ export class Relay extends ErrorCountingEmitter {
     if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
     const decision = this.pool.admit(request);
     if ('refused' in decision) return refuseUpgrade(socket, decision.refused, 'unauthorized');
-    // An agent names itself with a UUID; a request without one is not an agent,
+    const agent = this.#agents.agentOf(request, decision.client);
+    if (agent === undefined) return refuseUpgrade(socket, 403, 'not an agent of this relay, or not from where it may connect');
+    const name = request.headers[AGENT_NAME_HEADER];
+    if (typeof name === 'string' && name !== agent.name) return refuseUpgrade(socket, 401, `this token is not the token of agent ${name}`);
+    // An agent names its instance with a UUID; a request without one is not an agent,
     // and must not take the control channel from the one that is.
-    const agentId = request.headers[AGENT_ID_HEADER];
-    if (typeof agentId !== 'string' || !AGENT_ID_PATTERN.test(agentId)) return refuseUpgrade(socket, 400, 'missing or malformed agent id');
+    const instanceId = request.headers[AGENT_ID_HEADER];
+    if (typeof instanceId !== 'string' || !AGENT_ID_PATTERN.test(instanceId)) return refuseUpgrade(socket, 400, 'missing or malformed agent id');
     const features = parseControlFeatures(request.headers[CONTROL_FEATURES_HEADER]);
-    this.#controlWss.handleUpgrade(request, socket, head, (ws) => this.#adoptControl(new ControlSession(ws, agentId, features, this.reportError)));
+    if (!features.has('session')) return refuseUpgrade(socket, 400, 'this agent is too old: it does not take a session');
+    const services = String(request.headers[SERVICES_HEADER] ?? DEFAULT_SERVICE).split(',').map((service) => service.trim()).filter(Boolean);
+    this.#controlWss.handleUpgrade(request, socket, head, (ws) =>
+      this.#adoptControl(agent, new ControlSession(ws, instanceId, features, services, this.reportError)),
+    );
   };
 
-  #adoptControl(control: ControlSession): void {
-    const { ws, agentId } = control;
-    const previous = this.#control;
-    this.#control = control;
+  #adoptControl(agent: AgentState, control: ControlSession): void {
+    const { ws, agentId: instanceId } = control;
+    const previous = agent.control;
+    agent.control = control;
     ws.on('error', this.reportError);
     ws.once('close', () => {
-      if (this.#control !== control) return;
-      this.#control = undefined;
-      this.logger.info({ agentId }, 'agent disconnected');
-      this.emit('agent', false);
+      if (agent.control !== control) return;
+      agent.control = undefined;
+      this.logger.info({ agent: agent.name, instanceId }, 'agent disconnected');
+      this.emit('agent', false, agent.name);
     });
+    const session = this.#agents.sessionFor(agent, instanceId);
     if (previous) {
+      this.#stats.controlReplaced++;
+      this.logger.warn({ agent: agent.name, instanceId, previousInstanceId: previous.agentId }, 'a new control channel of this agent replaces the old one');
       previous.ws.terminate();
-      if (previous.agentId !== agentId) void this.pool.Flush();
     }
-    this.logger.info({ agentId, restarted: previous !== undefined && previous.agentId !== agentId }, 'agent connected');
-    this.emit('agent', true);
-    if (this.pool.Waiting() > 0) this.#scheduleDemand();
+    // Only the agent instance that dialled them can claim them.
+    if (session.renewed) void this.pool.Flush(agent.name);
+    control.send({ v: 1, type: 'session', secret: session.text });
+    this.#acceptServices(agent, control.services);
+    this.logger.info({ agent: agent.name, instanceId, services: [...agent.services], restarted: session.renewed && previous !== undefined }, 'agent connected');
+    this.emit('agent', true, agent.name);
+    if (this.pool.Waiting(agent.name) > 0) this.#scheduleDemand(agent.name);
   }
 
-  /** Tells the agent, once per turn of the event loop, how many users wait for a pooled connection. */
-  readonly #scheduleDemand = (): void => {
-    if (this.#demandDue) return;
-    this.#demandDue = true;
-    setImmediate(() => {
-      this.#demandDue = false;
-      const control = this.#control;
-      const waiting = this.pool.Waiting();
-      if (control?.features.has('demand') && waiting > 0 && control.ws.readyState === control.ws.OPEN) {
-        control.send({ v: 1, type: 'demand', waiting });
-      }
-    });
-  };
-
-  readonly #pingControl = (): void => {
-    const control = this.#control;
-    if (!control) return;
-    if (!control.alive) {
-      control.ws.terminate();
-      return;
+  /** Which of the services an agent declared it serves; what does not fit the configuration is told to it and logged. */
+  #acceptServices(agent: AgentState, declared: readonly string[]): void {
+    const accepted = new Set<string>();
+    const refuse = (message: string): void => {
+      this.logger.warn({ agent: agent.name }, message);
+      agent.control?.send({ v: 1, type: 'notice', level: 'error', message });
+    };
+    for (const name of declared) {
+      const service = this.#serviceByName.get(name);
+      if (service === undefined) refuse(`unknown service ${name}: the relay has no such service`);
+      else if (service.config.agent !== agent.name) refuse(`service ${name} belongs to agent ${service.config.agent}, not to ${agent.name}`);
+      else accepted.add(name);
     }
-    control.alive = false;
-    control.ws.ping();
+    for (const service of this.#serviceByName.values()) {
+      if (service.config.agent === agent.name && !accepted.has(service.config.name)) {
+        const message = `service ${service.config.name} is this agent's, but it does not serve it: its users are refused`;
+        this.logger.warn({ agent: agent.name }, message);
+        agent.control?.send({ v: 1, type: 'notice', level: 'warn', message });
+      }
+    }
+    agent.services = accepted;
+  }
+
+  /** Tells an agent, once per turn of the event loop, how many of its users wait for a pooled connection. */
+  #scheduleDemand(agent: string | undefined): void {
+    if (agent === undefined || this.#demandDue.has(agent)) return;
+    this.#demandDue.add(agent);
+    if (this.#demandDue.size > 1) return;
+    setImmediate(() => {
+      for (const name of this.#demandDue) {
+        const control = this.#agents.get(name)?.control;
+        const waiting = this.pool.Waiting(name);
+        if (control?.features.has('demand') && waiting > 0 && control.ws.readyState === control.ws.OPEN) {
+          control.send({ v: 1, type: 'demand', waiting });
+        }
+      }
+      this.#demandDue.clear();
+    });
+  }
+
+  readonly #pingControls = (): void => {
+    for (const { control } of this.#agents.all()) {
+      if (!control) continue;
+      if (!control.alive) {
+        control.ws.terminate();
+        continue;
+      }
+      control.alive = false;
+      control.ws.ping();
+    }
   };
 
-  readonly #onUser = (user: Socket): void => {
+  readonly #onUser = (user: Socket, service: PublicService): void => {
     this.#stats.accepted++;
+    service.stats.accepted++;
+    service.stats.open++;
     this.#userSockets.add(user);
     user.on('error', () => {});
-    user.once('close', () => this.#userSockets.delete(user));
-    void this.#tunnel(user);
+    user.once('close', () => {
+      this.#userSockets.delete(user);
+      service.stats.open--;
+    });
+    void this.#tunnel(user, service);
   };
 
-  async #tunnel(user: Socket): Promise<void> {
-    if (!this.#control) {
+  async #tunnel(user: Socket, service: PublicService): Promise<void> {
+    const agent = this.#agents.get(service.config.agent);
+    if (agent?.control === undefined || !agent.services.has(service.config.name)) {
       this.#stats.noAgent++;
       user.destroy();
       return;
     }
     const queued = new QueuedUser(user);
-    const outcome = await this.#claimedConnection(queued.signal);
+    const outcome = await this.#claimedConnection(agent, service, user, queued.signal);
     if (typeof outcome === 'string') {
       this.#stats[outcome]++;
       queued.drop();
@@ -302,19 +428,25 @@ export class Relay extends ErrorCountingEmitter {
     queued.handOver(outcome.conn);
     const { error } = await splice(user, outcome.conn);
     this.#stats.finished++;
-    if (error) this.#stats.failed++;
-    this.emit('tunnel', { error });
+    service.stats.finished++;
+    if (error) {
+      this.#stats.failed++;
+      service.stats.failed++;
+    }
+    this.emit('tunnel', { error, service: service.config.name });
   }
 
   /**
-   * A pooled connection the agent has claimed, for one user: takes an idle
-   * one, orders the agent to claim it, and tries another if the agent does
-   * not acknowledge within `claimTimeout`, all within `getTimeout`. Or why not.
+   * A pooled connection of the service's agent that the agent has claimed,
+   * for one user: takes an idle one, orders the agent to claim it, and tries
+   * another if the agent does not acknowledge within `claimTimeout`, all
+   * within `getTimeout`. Or why not.
    */
-  async #claimedConnection(userLeft: AbortSignal): Promise<IncomingConnection | 'noAgent' | 'noConnection' | 'departed'> {
+  async #claimedConnection(agent: AgentState, service: PublicService, user: Socket, userLeft: AbortSignal): Promise<IncomingConnection | NoTunnel> {
     const deadline = performance.now() + this.#getTimeoutMs;
+    const { proxyProtocol } = service.config;
     for (;;) {
-      const control = this.#control;
+      const control = agent.control;
       if (!control) return 'noAgent';
       const remaining = deadline - performance.now();
       if (remaining <= 0) return 'noConnection';
@@ -326,17 +458,25 @@ export class Relay extends ErrorCountingEmitter {
       try {
         let incoming: IncomingConnection;
         try {
-          incoming = await this.pool.IncomingGet(remaining, { signal: stop.signal });
+          incoming = await this.pool.IncomingGet(remaining, { signal: stop.signal, client: agent.name });
         } catch {
           return userLeft.aborted ? 'departed' : control.ended.aborted ? 'noAgent' : 'noConnection';
         }
         // The control channel of now, not of before the wait: the agent may have reconnected meanwhile.
-        const current = this.#control;
+        const current = agent.control;
         if (current === undefined || current.ended.aborted) {
           incoming.conn.destroy();
           return 'noAgent';
         }
-        if (await current.order(incoming.conn, Math.min(this.#claimTimeoutMs, remaining), userLeft)) return incoming;
+        const order = {
+          service: service.config.name,
+          ...(proxyProtocol && {
+            proxy: proxyProtocol,
+            source: { address: user.remoteAddress ?? '', port: user.remotePort ?? 0 },
+            destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
+          }),
+        };
+        if (await current.order(incoming.conn, order, Math.min(this.#claimTimeoutMs, remaining), userLeft)) return incoming;
         incoming.conn.destroy();
         if (userLeft.aborted) return 'departed';
         this.#stats.claimRetries++;
@@ -352,5 +492,18 @@ export class Relay extends ErrorCountingEmitter {
     response.writeHead(426, { 'Content-Type': 'text/plain', 'Content-Length': 0, Connection: 'close' });
     response.end();
   };
+}
 
+/** The pool's named tokens: one per agent, named after it. */
+function agentTokens(agents: RelayOptions['agents']): Record<string, string> | undefined {
+  return agents && Object.fromEntries(Object.entries(agents).map(([name, agent]) => [name, agent.token]));
+}
+
+/** Agent name → its own allowlist (undefined: none of its own). */
+function agentAllowlists(agents: RelayOptions['agents']): Map<string, readonly string[] | undefined> {
+  return new Map(agents ? Object.entries(agents).map(([name, agent]) => [name, agent.allow]) : [[DEFAULT_AGENT, undefined]]);
+}
+
+function sameService(a: ServiceConfig, b: ServiceConfig): boolean {
+  return a.agent === b.agent && a.publicHost === b.publicHost && a.publicPort === b.publicPort && a.proxyProtocol === b.proxyProtocol;
 }

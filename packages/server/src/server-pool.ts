@@ -95,6 +95,22 @@ export interface ServerPoolOptions {
   headersTimeout?: number;
   /** Largest WebSocket message accepted, in bytes. Default: 16 MiB. */
   maxPayload?: number;
+  /**
+   * Most idle connections of one client (upgrades in flight included), by
+   * client; past it, that client gets 503. Gets waiting for that client add
+   * room, as for `maxCap`. Clients not listed are bounded by `maxCap` alone.
+   * Default: none.
+   */
+  clientMaxCap?: Readonly<Record<string, number>>;
+  /**
+   * Decides, before the upgrade, which client a connection belongs to: called
+   * once the allowlist and token have admitted it, with the client they
+   * identified (the token's name, else the IP). Returns the client to file
+   * the connection under (what `IncomingGet(…, { client })` asks for), or an
+   * HTTP status to refuse it with. A relay binds each connection to the live
+   * session of the agent that dialled it this way. Default: the client as identified.
+   */
+  bind?: (request: IncomingMessage, client: string) => string | 401 | 403 | 503;
   /** Publish Prometheus metrics (`pool_*`, label `pool` = `name`, default `'relay'`). Default: none. */
   metrics?: MetricsOptions;
   /** A pino-compatible logger. Default: silent. */
@@ -124,11 +140,24 @@ function parseSettings(settings: ServerPoolSettings): Settings {
   };
 }
 
+/** Options of `IncomingGet`. */
+export interface IncomingGetOptions extends GetOptions {
+  /** Only a connection of this client (see `bind`, and the token names of `tokens`). Default: any client, as npws. */
+  client?: string;
+}
+
 /** What `IncomingGet` resolves with. */
 export interface IncomingConnection {
   /** The ID the client read; hand it to the agent so it can `OutgoingGet(id)`. */
   id: string;
   conn: PoolConn;
+  /** The client that dialled it. */
+  client: string;
+}
+
+interface IncomingWaiter {
+  get: PendingGet<IncomingConnection>;
+  client: string | undefined;
 }
 
 /** `idle`: not started, or drained (upgrades are refused with 503; gets wait). */
@@ -167,7 +196,11 @@ export class ServerPool extends ErrorCountingEmitter {
   readonly #metrics: PoolMetrics | undefined;
   /** The address connections are tracked under, once listening. */
   #trackedAddress = '';
-  readonly #incomingWaiters: PendingGet<IncomingConnection>[] = [];
+  readonly #incomingWaiters: IncomingWaiter[] = [];
+  /** Upgrades in flight per client, for `clientMaxCap`. */
+  readonly #upgradingByClient = new Map<string, number>();
+  readonly #clientMaxCap: ReadonlyMap<string, number>;
+  readonly #bind: NonNullable<ServerPoolOptions['bind']> | undefined;
   /** Sockets between our accept and ws's callback; counted against `maxCap`, destroyed by `Close()`. */
   readonly #upgrading = new Set<Duplex>();
   #state: State = 'idle';
@@ -186,6 +219,8 @@ export class ServerPool extends ErrorCountingEmitter {
       backlog: checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1),
     };
     this.#halfClose = options.halfClose ?? true;
+    this.#bind = options.bind;
+    this.#clientMaxCap = new Map(Object.entries(options.clientMaxCap ?? {}).map(([client, cap]) => [client, checkInt(`clientMaxCap.${client}`, cap, 1)]));
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
 
     this.#ownsServer = options.server === undefined;
@@ -256,36 +291,47 @@ export class ServerPool extends ErrorCountingEmitter {
   /**
    * Takes an idle connection: at once if one is pooled (the longest-idle one),
    * else the moment one arrives (waiters are served first come, first served).
-   * Works before `ServerManager()`; the get simply waits.
+   * With `options.client`, only a connection of that client. Works before
+   * `ServerManager()`; the get simply waits.
    *
    * Rejects with `ERR_POOL_TIMEOUT` after `timeoutMs` milliseconds, `ERR_POOL_ABORTED`
    * when `options.signal` aborts, `ERR_POOL_CLOSED` on `Close()`, and
    * `ERR_INVALID_OPTION` for a bad timeout.
    */
-  IncomingGet(timeoutMs: number, options: GetOptions = {}): Promise<IncomingConnection> {
+  IncomingGet(timeoutMs: number, options: IncomingGetOptions = {}): Promise<IncomingConnection> {
     const get = this.#incomingGet(timeoutMs, options);
     return this.#metrics ? this.#metrics.observeGet(get) : get;
   }
 
-  async #incomingGet(timeoutMs: number, options: GetOptions): Promise<IncomingConnection> {
+  async #incomingGet(timeoutMs: number, options: IncomingGetOptions): Promise<IncomingConnection> {
     checkMs('timeoutMs', timeoutMs);
     if (this.#state === 'closed') throw new PoolClosedError();
     if (this.#state === 'draining') throw new PoolDrainingError();
-    const conn = this.#idle.takeOldest();
-    if (conn) return this.#leased(conn);
-    const get: PendingGet<IncomingConnection> = new PendingGet(timeoutMs, options, () => {
-      this.#incomingWaiters.splice(this.#incomingWaiters.indexOf(get), 1);
-    });
-    if (!get.settled) {
-      this.#incomingWaiters.push(get);
-      this.emit('waiting', this.#incomingWaiters.length);
+    const { client } = options;
+    const idle = this.#idle.takeOldest(client);
+    if (idle) return this.#leased(idle.conn, idle.client);
+    const waiter: IncomingWaiter = {
+      client,
+      get: new PendingGet(timeoutMs, options, () => {
+        this.#incomingWaiters.splice(this.#incomingWaiters.indexOf(waiter), 1);
+      }),
+    };
+    if (!waiter.get.settled) {
+      this.#incomingWaiters.push(waiter);
+      this.emit('waiting', this.Waiting(client), client);
     }
-    return get.promise;
+    return waiter.get.promise;
   }
 
-  /** `IncomingGet`s waiting for a connection: users queued for want of an idle one. */
-  Waiting(): number {
-    return this.#incomingWaiters.length;
+  /**
+   * `IncomingGet`s waiting for a connection (those for `client` when given):
+   * users queued for want of an idle one.
+   */
+  Waiting(client?: string): number {
+    if (client === undefined) return this.#incomingWaiters.length;
+    let waiting = 0;
+    for (const waiter of this.#incomingWaiters) if (waiter.client === client) waiting++;
+    return waiting;
   }
 
   /** True once listening and until `Close()`. */
@@ -293,9 +339,9 @@ export class ServerPool extends ErrorCountingEmitter {
     return this.#state === 'listening';
   }
 
-  /** Idle pooled connections, ready for `IncomingGet`. */
-  Active(): number {
-    return this.#idle.size;
+  /** Idle pooled connections (of `client` when given), ready for `IncomingGet`. */
+  Active(client?: string): number {
+    return client === undefined ? this.#idle.size : this.#idle.sizeOf(client);
   }
 
   /** The most idle connections held (`maxCap`). */
@@ -339,9 +385,9 @@ export class ServerPool extends ErrorCountingEmitter {
     return admit(request, this.#settings.admission);
   }
 
-  /** Closes every idle connection (handed-out ones are untouched); agents refill. */
-  Flush(): Promise<void> {
-    return this.#idle.closeAll();
+  /** Closes every idle connection (of `client` when given; handed-out ones are untouched); agents refill. */
+  Flush(client?: string): Promise<void> {
+    return this.#idle.closeAll(1001, client);
   }
 
   /**
@@ -382,7 +428,7 @@ export class ServerPool extends ErrorCountingEmitter {
   }
 
   #stopWork(reason: Error): void {
-    for (const get of this.#incomingWaiters.splice(0)) get.reject(reason);
+    for (const { get } of this.#incomingWaiters.splice(0)) get.reject(reason);
     for (const socket of this.#upgrading) socket.destroy();
   }
 
@@ -413,13 +459,25 @@ export class ServerPool extends ErrorCountingEmitter {
     }
     const decision = admit(request, this.#settings.admission);
     if ('refused' in decision) return this.#refuse(socket, decision.refused, 'unauthorized');
+    const client = this.#bind ? this.#bind(request, decision.client) : decision.client;
+    if (typeof client === 'number') return this.#refuse(socket, client, client === 503 ? 'not taking connections' : 'unauthorized');
     if (this.#state !== 'listening') return this.#refuse(socket, 503, 'not taking connections');
     // maxCap bounds the idle pool; a connection that arrives for a waiting get is handed out at once, never idle.
     if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap + this.#incomingWaiters.length) return this.#refuse(socket, 503, 'pool full');
+    const clientCap = this.#clientMaxCap.get(client);
+    const upgradingForClient = this.#upgradingByClient.get(client) ?? 0;
+    if (clientCap !== undefined && this.#idle.sizeOf(client) + upgradingForClient >= clientCap + this.Waiting(client)) return this.#refuse(socket, 503, 'pool full for this client');
+    this.#upgradingByClient.set(client, upgradingForClient + 1);
+    const upgraded = (): void => {
+      const left = (this.#upgradingByClient.get(client) ?? 1) - 1;
+      if (left > 0) this.#upgradingByClient.set(client, left);
+      else this.#upgradingByClient.delete(client);
+    };
     this.#upgrading.add(socket);
     this.tracker.transition(socket, 'handshaking', this.#trackedAddress);
     // ws answers a malformed handshake (bad key or version) itself and never calls back.
     const abandoned = (): void => {
+      upgraded();
       this.#upgrading.delete(socket);
       this.tracker.transition(socket, 'closed');
       this.#metrics?.handshake('ERR_HANDSHAKE_CLOSED');
@@ -427,8 +485,9 @@ export class ServerPool extends ErrorCountingEmitter {
     socket.once('close', abandoned);
     this.#wss.handleUpgrade(request, socket, head, (ws) => {
       socket.removeListener('close', abandoned);
+      upgraded();
       this.#upgrading.delete(socket);
-      this.#admit(ws, request, decision.client);
+      this.#admit(ws, request, client);
     });
   };
 
@@ -455,26 +514,26 @@ export class ServerPool extends ErrorCountingEmitter {
     if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
 
     const extensions = negotiated(request.headers, this.#extensions());
-    const waiter = this.#incomingWaiters.find((get) => !get.settled);
-    if (waiter) {
-      this.#incomingWaiters.splice(0, this.#incomingWaiters.indexOf(waiter) + 1);
-      waiter.resolve(this.#leased(new PoolConn(ws, id, { extensions })));
+    const index = this.#incomingWaiters.findIndex((waiter) => !waiter.get.settled && (waiter.client === undefined || waiter.client === client));
+    if (index >= 0) {
+      const [waiter] = this.#incomingWaiters.splice(index, 1);
+      waiter!.get.resolve(this.#leased(new PoolConn(ws, id, { extensions }), client));
     } else {
       this.tracker.transition(socket, 'idle');
-      this.#idle.add(new IdleSocket(ws, id, extensions));
+      this.#idle.add(new IdleSocket(ws, id, extensions, client));
     }
     this.emit('connection', id);
   }
 
   /** A connection leaves the pool: its ID stays taken, and its client present, until its WebSocket closes. */
-  #leased(conn: PoolConn): IncomingConnection {
+  #leased(conn: PoolConn, client: string): IncomingConnection {
     const socket = rawSocketOf(conn.webSocket);
     this.tracker.transition(socket, 'leased');
     this.#leases.add(conn, () => {
       this.tracker.transition(socket, 'closed');
       this.#forget(conn.id);
     });
-    return { id: conn.id, conn };
+    return { id: conn.id, conn, client };
   }
 
   /** A connection's WebSocket has closed: its ID is free again. */

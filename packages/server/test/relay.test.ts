@@ -28,22 +28,32 @@ async function startRelay(options: RelayOptions = {}): Promise<{ relay: Relay; p
   return { relay, ...relay.address() };
 }
 
-/** A control channel as an agent opens one; `orders` collects what the relay sends on it. */
-async function scriptedAgent(port: number, features = 'claimed,demand'): Promise<{ control: WebSocket; orders: ControlMessage[] }> {
+/**
+ * A control channel as an agent opens one; `orders` collects what the relay
+ * sends on it after the session, whose secret `session` holds.
+ */
+async function scriptedAgent(port: number, features = 'claimed,demand,session'): Promise<{ control: WebSocket; orders: ControlMessage[]; session: string }> {
   const control = new WebSocket(`ws://127.0.0.1:${port}/control`, {
     headers: { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': features },
   });
   const orders: ControlMessage[] = [];
-  control.on('message', (data: Buffer) => orders.push(JSON.parse(data.toString()) as ControlMessage));
+  const session = new Promise<string>((resolve) => {
+    control.on('message', (data: Buffer) => {
+      const message = JSON.parse(data.toString()) as ControlMessage;
+      if (message.type === 'session') resolve(message.secret);
+      else orders.push(message);
+    });
+  });
   control.on('error', () => {});
   sockets.push({ destroy: () => control.terminate() });
   await once(control, 'open');
-  return { control, orders };
+  return { control, orders, session: await session };
 }
 
-async function pooled(port: number): Promise<PoolConn> {
-  // Half-close offered, as our agents do (the relay confirms it).
-  const conn = await dialPool(`ws://127.0.0.1:${port}/`, { headers: offerHeaders(HALF_CLOSE), extensions: HALF_CLOSE });
+async function pooled(port: number, session: string): Promise<PoolConn> {
+  // Half-close offered, as our agents do (the relay confirms it), and the session that binds the connection.
+  const headers = { ...offerHeaders(HALF_CLOSE), 'x-pool-session': session };
+  const conn = await dialPool(`ws://127.0.0.1:${port}/`, { headers, extensions: HALF_CLOSE });
   conn.on('error', () => {});
   sockets.push(conn);
   return conn;
@@ -70,7 +80,7 @@ describe('Relay: users waiting for a pooled connection', () => {
     ['sends FIN before any byte', (socket: Socket) => socket.end()],
   ])('a queued user who %s is dropped within 100 ms, and no pooled connection is spent on it', async (_how, leave) => {
     const { relay, port, publicPort } = await startRelay();
-    const { orders } = await scriptedAgent(port);
+    const { orders, session } = await scriptedAgent(port);
     const socket = await user(publicPort);
     await until(() => relay.stats().waiting === 1, 'the user to queue');
     await until(() => orders.some((order) => order.type === 'demand'), 'the demand to reach the agent');
@@ -81,7 +91,7 @@ describe('Relay: users waiting for a pooled connection', () => {
     expect(performance.now() - leftAt).toBeLessThan(100);
     expect(relay.stats().waiting).toBe(0);
     // A pooled connection that arrives now stays in the pool: nobody is ordered to claim it.
-    await pooled(port);
+    await pooled(port, session);
     await until(() => relay.pool.Active() === 1, 'the connection to be pooled');
     await sleep(50);
     expect(relay.pool.Active()).toBe(1);
@@ -90,13 +100,13 @@ describe('Relay: users waiting for a pooled connection', () => {
 
   it('a queued user who sends its request and half-closes stays queued, and is served with both', async () => {
     const { relay, port, publicPort } = await startRelay();
-    const { control, orders } = await scriptedAgent(port);
+    const { control, orders, session } = await scriptedAgent(port);
     const socket = await user(publicPort);
     socket.end('request');
     await until(() => relay.stats().waiting === 1, 'the user to queue');
     await sleep(50);
     expect(relay.stats().departed).toBe(0);
-    const conn = await pooled(port);
+    const conn = await pooled(port, session);
     await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
     conn.allowHalfOpen = true;
@@ -113,9 +123,9 @@ describe('Relay: users waiting for a pooled connection', () => {
 describe('Relay: connect orders', () => {
   it('retries with another connection when the agent does not claim within claimTimeout; the user loses no byte', async () => {
     const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
-    const { control, orders } = await scriptedAgent(port);
-    const first = await pooled(port);
-    const second = await pooled(port);
+    const { control, orders, session } = await scriptedAgent(port);
+    const first = await pooled(port, session);
+    const second = await pooled(port, session);
     await until(() => relay.pool.Active() === 2, 'two pooled connections');
     const firstClosed = nextEvent(first, 'close');
     const socket = await user(publicPort);
@@ -133,8 +143,8 @@ describe('Relay: connect orders', () => {
 
   it('an agent without the claimed feature is not timed: its order is spliced at once, as before', async () => {
     const { relay, port, publicPort } = await startRelay({ claimTimeout: 50 });
-    const { orders } = await scriptedAgent(port, '');
-    const conn = await pooled(port);
+    const { orders, session } = await scriptedAgent(port, 'session');
+    const conn = await pooled(port, session);
     await until(() => relay.pool.Active() === 1, 'a pooled connection');
     const socket = await user(publicPort);
     socket.write('hello');

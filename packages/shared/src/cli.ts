@@ -11,9 +11,11 @@ export interface FlagSpec {
   type: 'string' | 'boolean';
   description: string;
   default?: string;
+  /** May be given more than once (the env var: comma-separated); the value is then a list. */
+  multiple?: boolean;
 }
 
-export type FlagValues = Record<string, string | boolean | undefined>;
+export type FlagValues = Record<string, string | boolean | string[] | undefined>;
 
 /** `tls-cert` → `POOL_TLS_CERT`. */
 export function envNameOf(flag: string): string {
@@ -36,7 +38,7 @@ export function parseCommandLine(
     args: argv,
     options: {
       help: { type: 'boolean', short: 'h' },
-      ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type }])),
+      ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type, multiple: spec.multiple === true }])),
     },
     strict: true,
   });
@@ -44,8 +46,9 @@ export function parseCommandLine(
     const width = Math.max(...Object.keys(flags).map((name) => name.length)) + 8;
     const lines = Object.entries(flags).map(([name, spec]) => {
       const flag = `  --${name}${spec.type === 'string' ? ' <v>' : ''}`.padEnd(width + 4);
+      const repeat = spec.multiple ? ' (repeatable)' : '';
       const fallback = spec.default === undefined ? '' : ` (default: ${spec.default})`;
-      return `${flag} ${spec.description}${fallback}  [${envNameOf(name)}]`;
+      return `${flag} ${spec.description}${repeat}${fallback}  [${envNameOf(name)}]`;
     });
     process.stdout.write(`Usage: ${command} [flags]\n\n${summary}\n\nFlags (or the env var in brackets):\n${lines.join('\n')}\n  --help, -h${' '.repeat(width - 6)} this text\n`);
     return undefined;
@@ -53,7 +56,11 @@ export function parseCommandLine(
   const result: FlagValues = {};
   for (const [name, spec] of Object.entries(flags)) {
     const fromEnv = env[envNameOf(name)];
-    const fromFlag = (values as Record<string, string | boolean | undefined>)[name];
+    const fromFlag = (values as FlagValues)[name];
+    if (spec.multiple) {
+      result[name] = fromFlag ?? fromEnv?.split(',').filter(Boolean) ?? [];
+      continue;
+    }
     result[name] = fromFlag ?? (fromEnv === undefined ? spec.default : spec.type === 'boolean' ? /^(1|true|yes)$/i.test(fromEnv) : fromEnv);
   }
   return result;

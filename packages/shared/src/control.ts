@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { PoolError } from './errors.js';
 import { isValidId } from './id.js';
 
@@ -12,6 +13,21 @@ export const CONTROL_VERSION = 1;
 export const CONTROL_MAX_BYTES = 4 * 1024;
 /** Upgrade header naming the agent instance, so a relay can tell a restart from a reconnect. */
 export const AGENT_ID_HEADER = 'x-pool-agent-id';
+/** Upgrade header with the agent's name; when present it must be the name of the token the agent presents. */
+export const AGENT_NAME_HEADER = 'x-pool-agent-name';
+/** Upgrade header listing the services an agent serves (comma-separated names). */
+export const SERVICES_HEADER = 'x-pool-services';
+/**
+ * Pooled-connection upgrade header carrying the session secret the relay gave
+ * the agent on its control channel: it binds the connection to that live
+ * session, so that a token holder who is not the agent cannot slip pooled
+ * connections (and so users) in.
+ */
+export const SESSION_HEADER = 'x-pool-session';
+/** The service of an agent started with a single `target`, and of a relay without a services list. */
+export const DEFAULT_SERVICE = 'default';
+/** Service and agent names: what a config file, a flag and a header can all carry. */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 /** Close code an agent sends on a pool connection whose target refused: the relay drops the user at once. */
 export const CLOSE_TARGET_UNREACHABLE = 4502;
 
@@ -23,7 +39,7 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
  * agent keeps working.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
-export const CONTROL_FEATURES = ['claimed', 'demand'] as const;
+export const CONTROL_FEATURES = ['claimed', 'demand', 'session'] as const;
 export type ControlFeature = (typeof CONTROL_FEATURES)[number];
 
 /** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
@@ -32,11 +48,39 @@ export function parseControlFeatures(header: string | string[] | undefined): Set
   return new Set(CONTROL_FEATURES.filter((feature) => names.includes(feature)));
 }
 
-/** Relay → agent: claim the pooled connection `id` and connect it to the target. */
+/** An endpoint of a user's connection, for the PROXY protocol header. */
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** Relay → agent: claim the pooled connection `id` and connect it to the target of `service`. */
 export interface ConnectMessage {
   v: typeof CONTROL_VERSION;
   type: 'connect';
   id: string;
+  /** Default: {@link DEFAULT_SERVICE}. */
+  service?: string;
+  /** Write this PROXY protocol header to the target before any byte. */
+  proxy?: 'v1' | 'v2';
+  /** The user's address (PROXY source), and the public address it connected to (PROXY destination). */
+  source?: Endpoint;
+  destination?: Endpoint;
+}
+
+/** Relay → agent, first on every control channel: the secret to present on pooled upgrades (see {@link SESSION_HEADER}). */
+export interface SessionMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'session';
+  secret: string;
+}
+
+/** Relay → agent: something the agent's operator must know (a service nobody configured, …). */
+export interface NoticeMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'notice';
+  level: 'warn' | 'error';
+  message: string;
 }
 
 /** Agent → relay: the pooled connection `id` was claimed; the relay may splice its user to it. */
@@ -53,7 +97,7 @@ export interface DemandMessage {
   waiting: number;
 }
 
-export type ControlMessage = ConnectMessage | ClaimedMessage | DemandMessage;
+export type ControlMessage = ConnectMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage;
 
 /** Largest `waiting` a demand message may carry. */
 export const MAX_DEMAND = 1_000_000;
@@ -83,9 +127,17 @@ export function decodeControl(text: string): ControlMessage {
   if (message.v !== CONTROL_VERSION) throw new ControlMessageError(`unsupported version ${JSON.stringify(message.v)}`);
   switch (message.type) {
     case 'connect':
+      if (!isValidId(message.id)) throw new ControlMessageError('connect without a valid id');
+      return { v: CONTROL_VERSION, type: 'connect', id: message.id, ...connectDetails(message) };
     case 'claimed':
-      if (!isValidId(message.id)) throw new ControlMessageError(`${message.type} without a valid id`);
-      return { v: CONTROL_VERSION, type: message.type, id: message.id };
+      if (!isValidId(message.id)) throw new ControlMessageError('claimed without a valid id');
+      return { v: CONTROL_VERSION, type: 'claimed', id: message.id };
+    case 'session':
+      if (typeof message.secret !== 'string' || !/^[A-Za-z0-9_-]{16,128}$/.test(message.secret)) throw new ControlMessageError('session without a valid secret');
+      return { v: CONTROL_VERSION, type: 'session', secret: message.secret };
+    case 'notice':
+      if ((message.level !== 'warn' && message.level !== 'error') || typeof message.message !== 'string') throw new ControlMessageError('notice without a level and a message');
+      return { v: CONTROL_VERSION, type: 'notice', level: message.level, message: message.message };
     case 'demand': {
       const { waiting } = message;
       if (typeof waiting !== 'number' || !Number.isInteger(waiting) || waiting < 0 || waiting > MAX_DEMAND) {
@@ -96,4 +148,28 @@ export function decodeControl(text: string): ControlMessage {
     default:
       throw new ControlMessageError(`unknown type ${JSON.stringify(message.type)}`);
   }
+}
+
+/** The optional fields of a connect order, validated. */
+function connectDetails(message: Record<string, unknown>): Omit<ConnectMessage, 'v' | 'type' | 'id'> {
+  const details: Omit<ConnectMessage, 'v' | 'type' | 'id'> = {};
+  if (message.service !== undefined) {
+    if (typeof message.service !== 'string' || !NAME_PATTERN.test(message.service)) throw new ControlMessageError('connect with a malformed service name');
+    details.service = message.service;
+  }
+  if (message.proxy !== undefined) {
+    if (message.proxy !== 'v1' && message.proxy !== 'v2') throw new ControlMessageError('connect with a PROXY version other than v1 or v2');
+    details.proxy = message.proxy;
+    details.source = endpoint(message.source, 'source');
+    details.destination = endpoint(message.destination, 'destination');
+  }
+  return details;
+}
+
+function endpoint(value: unknown, name: string): Endpoint {
+  const { address, port } = (value ?? {}) as Record<string, unknown>;
+  if (typeof address !== 'string' || isIP(address) === 0 || typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65_535) {
+    throw new ControlMessageError(`connect with a malformed ${name} address`);
+  }
+  return { address, port };
 }

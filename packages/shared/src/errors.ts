@@ -164,3 +164,10 @@ function describe(value: unknown): string {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
   return String(value);
 }
+
+/** The relay ordered a tunnel for a service this agent does not serve. */
+export class UnknownServiceError extends PoolError {
+  constructor(service: string) {
+    super('ERR_UNKNOWN_SERVICE', `the relay asked for service ${JSON.stringify(service)}, which this agent does not serve`);
+  }
+}

@@ -5,26 +5,62 @@ import type { PoolConn } from './pool-conn.js';
 /** How long `closeAll` waits for peers to answer the close handshake before terminating, in ms. */
 const CLOSE_GRACE_MS = 1_000;
 
+/** Arrival order of one client's idle connections; entries taken or closed since are skipped lazily. */
+class Arrivals {
+  /**
+   * Iterating a Map from its start after many deletions walks the holes V8
+   * leaves until it rehashes, so keep a queue with a moving head.
+   */
+  #queue: IdleSocket[] = [];
+  #head = 0;
+
+  push(socket: IdleSocket): void {
+    this.#queue.push(socket);
+  }
+
+  /** The oldest entry that `isLive` accepts, dropping the dead ones before it; undefined when none. */
+  peek(isLive: (socket: IdleSocket) => boolean): IdleSocket | undefined {
+    while (this.#head < this.#queue.length) {
+      const candidate = this.#queue[this.#head]!;
+      if (isLive(candidate)) return candidate;
+      this.#head++;
+    }
+    this.#compact(isLive, true);
+    return undefined;
+  }
+
+  /** Keeps the queue within about twice the live entries (connections taken by ID leave stale entries). */
+  compact(isLive: (socket: IdleSocket) => boolean, live: number): void {
+    if (this.#queue.length - this.#head > 2 * live + 64) this.#compact(isLive, true);
+    else this.#compact(isLive, false);
+  }
+
+  #compact(isLive: (socket: IdleSocket) => boolean, force: boolean): void {
+    if (!force && this.#head < 1024 && this.#head * 2 < this.#queue.length) return;
+    this.#queue = this.#queue.slice(this.#head).filter(isLive);
+    this.#head = 0;
+  }
+}
+
 /**
- * The idle half of a pool: connections waiting to be claimed, keyed by ID in
- * arrival order. While a connection sits here the pool owns it: its errors are
- * reported to `onError` rather than crashing the process, it is pinged if its
- * peer negotiated keep-alive, and it is dropped the moment its WebSocket
- * closes, so a dead connection is never handed out. Claiming one turns it into
- * a {@link PoolConn} with every byte that arrived for it.
+ * The idle half of a pool: connections waiting to be claimed, keyed by ID,
+ * grouped by client, in arrival order. While a connection sits here the pool
+ * owns it: its errors are reported to `onError` rather than crashing the
+ * process, it is pinged if its peer negotiated keep-alive, and it is dropped
+ * the moment its WebSocket closes, so a dead connection is never handed out.
+ * Claiming one turns it into a {@link PoolConn} with every byte that arrived for it.
  */
 export class IdleConnections {
   readonly #idleById = new Map<string, IdleSocket>();
-  /**
-   * Arrival order for takeOldest. Iterating the Map from its start after many
-   * deletions walks the holes V8 leaves until it rehashes, so keep a queue;
-   * entries whose connection has gone are skipped lazily.
-   */
-  #arrivals: IdleSocket[] = [];
-  #arrivalsHead = 0;
+  readonly #arrivalsByClient = new Map<string, Arrivals>();
+  readonly #countByClient = new Map<string, number>();
+  /** Arrival stamps, so that the oldest connection of any client can be found. */
+  readonly #arrivalOf = new WeakMap<IdleSocket, number>();
+  #arrivals = 0;
   readonly #sweeper: KeepAliveSweeper;
   /** Shared by every idle socket of this pool: no per-connection closures. */
   readonly #owner: IdleSocketOwner;
+  readonly #isLive = (socket: IdleSocket): boolean => this.#idleById.get(socket.id) === socket;
 
   /**
    * @param sweeper the pool's keep-alive, for connections that negotiated it.
@@ -46,6 +82,11 @@ export class IdleConnections {
     return this.#idleById.size;
   }
 
+  /** Idle connections of `client`. */
+  sizeOf(client: string): number {
+    return this.#countByClient.get(client) ?? 0;
+  }
+
   /**
    * Adds a connection; it is pinged if it negotiated keep-alive. A connection
    * with the ID of one already here replaces it (the old one is terminated):
@@ -55,9 +96,15 @@ export class IdleConnections {
     this.#idleById.get(socket.id)?.destroy();
     socket.owner = this.#owner;
     this.#idleById.set(socket.id, socket);
-    this.#arrivals.push(socket);
-    // Connections taken by ID leave stale entries behind: keep the queue within twice the pool.
-    if (this.#arrivals.length - this.#arrivalsHead > 2 * this.#idleById.size + 64) this.#compactArrivals(true);
+    this.#countByClient.set(socket.client, this.sizeOf(socket.client) + 1);
+    this.#arrivalOf.set(socket, this.#arrivals++);
+    let arrivals = this.#arrivalsByClient.get(socket.client);
+    if (arrivals === undefined) {
+      arrivals = new Arrivals();
+      this.#arrivalsByClient.set(socket.client, arrivals);
+    }
+    arrivals.push(socket);
+    arrivals.compact(this.#isLive, this.sizeOf(socket.client));
     if (socket.extensions.keepAlive) this.#sweeper.track(socket);
   }
 
@@ -71,47 +118,55 @@ export class IdleConnections {
     return undefined;
   }
 
-  /** Removes the longest-idle live connection, if there is one, and returns it as a PoolConn. */
-  takeOldest(): PoolConn | undefined {
-    while (this.#arrivalsHead < this.#arrivals.length) {
-      const candidate = this.#arrivals[this.#arrivalsHead++]!;
-      if (this.#idleById.get(candidate.id) !== candidate) continue; // taken or closed since
-      const conn = this.take(candidate.id);
-      if (conn) {
-        this.#compactArrivals();
-        return conn;
-      }
+  /**
+   * Removes the longest-idle live connection (of `client` when given, else of
+   * any client), if there is one, and returns it as a PoolConn with its client.
+   */
+  takeOldest(client?: string): { conn: PoolConn; client: string } | undefined {
+    for (;;) {
+      const oldest = client === undefined ? this.#oldestOfAll() : this.#arrivalsByClient.get(client)?.peek(this.#isLive);
+      if (oldest === undefined) return undefined;
+      const conn = this.take(oldest.id);
+      if (conn) return { conn, client: oldest.client };
     }
-    this.#compactArrivals();
-    return undefined;
   }
 
-  #compactArrivals(force = false): void {
-    if (!force && this.#arrivalsHead < 1024 && this.#arrivalsHead * 2 < this.#arrivals.length) return;
-    this.#arrivals = this.#arrivals.slice(this.#arrivalsHead).filter((socket) => this.#idleById.get(socket.id) === socket);
-    this.#arrivalsHead = 0;
+  #oldestOfAll(): IdleSocket | undefined {
+    let oldest: IdleSocket | undefined;
+    for (const [client, arrivals] of this.#arrivalsByClient) {
+      const candidate = arrivals.peek(this.#isLive);
+      if (candidate === undefined) {
+        this.#arrivalsByClient.delete(client);
+      } else if (oldest === undefined || this.#arrivalOf.get(candidate)! < this.#arrivalOf.get(oldest)!) {
+        oldest = candidate;
+      }
+    }
+    return oldest;
   }
 
   /**
-   * Closes every idle connection with `code` (1001, going away, by default) and
-   * resolves once their peers have answered, or after a short grace period in
-   * which the stragglers are terminated.
+   * Closes every idle connection (of `client` when given) with `code` (1001,
+   * going away, by default) and resolves once their peers have answered, or
+   * after a short grace period in which the stragglers are terminated.
    */
-  async closeAll(code = 1001): Promise<void> {
-    const sockets = [...this.#idleById.values()];
+  async closeAll(code = 1001, client?: string): Promise<void> {
+    const sockets = [...this.#idleById.values()].filter((socket) => client === undefined || socket.client === client);
     // Closing them is ours: what they report now is expected, but the pool still hears that they are gone.
     const closingOwner: IdleSocketOwner = { onError: () => {}, onGone: this.#owner.onGone };
     for (const socket of sockets) {
       this.#remove(socket);
       socket.owner = closingOwner;
     }
-    this.#arrivals = [];
-    this.#arrivalsHead = 0;
     await Promise.all(sockets.map((socket) => closeWithin(socket, code, CLOSE_GRACE_MS)));
   }
 
   #remove(socket: IdleSocket): void {
-    if (this.#idleById.get(socket.id) === socket) this.#idleById.delete(socket.id);
+    if (this.#idleById.get(socket.id) === socket) {
+      this.#idleById.delete(socket.id);
+      const left = this.sizeOf(socket.client) - 1;
+      if (left > 0) this.#countByClient.set(socket.client, left);
+      else this.#countByClient.delete(socket.client);
+    }
     this.#sweeper.untrack(socket);
   }
 }

@@ -27,16 +27,19 @@ export class IdleSocket {
   readonly webSocket: WebSocket;
   /** What the connection negotiated on its upgrade. */
   readonly extensions: Extensions;
+  /** Who dialled it, as the pool groups connections (a relay: the token's name, else the IP). */
+  readonly client: string;
   owner: IdleSocketOwner | undefined;
   #chunks: Buffer[] | undefined;
   #bytes = 0;
   /** The peer's end-of-stream arrived (half-close): nothing more may. */
   #ended = false;
 
-  constructor(ws: WebSocket, id: string, extensions: Extensions) {
+  constructor(ws: WebSocket, id: string, extensions: Extensions, client = '') {
     this.id = id;
     this.webSocket = ws;
     this.extensions = extensions;
+    this.client = client;
     idleSocketByWebSocket.set(ws, this);
     ws.binaryType = 'nodebuffer';
     ws.on('message', onIdleMessage);

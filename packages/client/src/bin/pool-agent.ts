@@ -12,7 +12,9 @@ async function main(): Promise<void> {
     'The private half of a tunnel: keeps pooled connections to the relay at --server and connects each\ntunnel the relay opens to --target.',
     {
       server: { type: 'string', description: 'the relay, host:port or ws(s)://host:port (required)' },
-      target: { type: 'string', description: 'the local service, host:port (required)' },
+      target: { type: 'string', description: "the local service, host:port: the relay's service `default` (this, or --service)" },
+      service: { type: 'string', multiple: true, description: 'a service this agent serves, name=host:port' },
+      name: { type: 'string', description: "this agent's name in the relay's configuration (checked against its token)" },
       tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off', default: 'verified' },
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
       token: { type: 'string', description: 'shared secret the relay expects' },
@@ -26,12 +28,21 @@ async function main(): Promise<void> {
     },
   );
   if (!flags) return;
-  if (!flags.server || !flags.target) throw new Error('--server and --target are required (see --help)');
+  const services = Object.fromEntries(
+    (flags.service as string[]).map((entry) => {
+      const [name, target] = entry.split(/=(.*)/s, 2) as [string, string | undefined];
+      if (!target) throw new Error(`--service ${JSON.stringify(entry)}: expected name=host:port`);
+      return [name, target];
+    }),
+  );
+  if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
   const tls: TlsMode = flags['tls-ca'] ? { ca: readFileSync(String(flags['tls-ca'])) } : (String(flags.tls) as TlsMode);
   const operations = new CliOperations(flags);
   const agent = new Agent({
     server: String(flags.server),
-    target: String(flags.target),
+    target: flags.target === undefined ? undefined : String(flags.target),
+    services,
+    name: flags.name === undefined ? undefined : String(flags.name),
     tls,
     token: flags.token === undefined ? undefined : String(flags.token),
     minCap: numberFlag(flags, 'min-cap'),
@@ -45,7 +56,8 @@ async function main(): Promise<void> {
   agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
   const metricsPort = await operations.serveMetrics();
   agent.start();
-  process.stdout.write(`${COMMAND} started server=${String(flags.server)} target=${String(flags.target)}${metricsPort}\n`);
+  const serving = [...(flags.target === undefined ? [] : [`default=${String(flags.target)}`]), ...Object.entries(services).map(([name, target]) => `${name}=${target}`)];
+  process.stdout.write(`${COMMAND} started server=${String(flags.server)} services=${serving.join(',')}${metricsPort}\n`);
   runUntilSignal(
     COMMAND,
     () => operations.shutDown(agent),

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { CliOperations, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
 import { generateDevCertificate } from '../dev-cert.js';
 import { Relay } from '../relay.js';
+import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
 
 const COMMAND = 'pool-relay';
 
@@ -15,6 +16,7 @@ async function main(): Promise<void> {
       port: { type: 'string', description: 'port for agents', default: '10101' },
       'public-host': { type: 'string', description: 'interface for users', default: '::' },
       'public-port': { type: 'string', description: 'port for users', default: '10080' },
+      config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
       'tls-key': { type: 'string', description: 'PEM private key file' },
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
@@ -30,10 +32,15 @@ async function main(): Promise<void> {
     },
   );
   if (!flags) return;
+  const configFile = flags.config === undefined ? undefined : String(flags.config);
+  const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
+  const config = configFile === undefined ? undefined : readConfig();
+  if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
   let tls: { cert: string | Buffer; key: string | Buffer } | undefined;
-  if (flags['tls-cert'] || flags['tls-key']) {
-    if (!flags['tls-cert'] || !flags['tls-key']) throw new Error('--tls-cert and --tls-key go together');
-    tls = { cert: readFileSync(String(flags['tls-cert'])), key: readFileSync(String(flags['tls-key'])) };
+  const certFiles = config?.tls ?? (flags['tls-cert'] || flags['tls-key'] ? { cert: flags['tls-cert'], key: flags['tls-key'] } : undefined);
+  if (certFiles) {
+    if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
+    tls = { cert: readFileSync(String(certFiles.cert)), key: readFileSync(String(certFiles.key)) };
   } else if (!flags.plain) {
     const dev = await generateDevCertificate();
     tls = dev;
@@ -41,8 +48,9 @@ async function main(): Promise<void> {
   }
   const operations = new CliOperations(flags);
   const relay = new Relay({
-    host: String(flags.host),
-    port: numberFlag(flags, 'port'),
+    host: config?.listen ? config.listen.host : String(flags.host),
+    port: config?.listen ? config.listen.port : numberFlag(flags, 'port'),
+    ...(config && { agents: config.agents, services: config.services }),
     publicHost: String(flags['public-host']),
     publicPort: numberFlag(flags, 'public-port'),
     tls,
@@ -56,11 +64,30 @@ async function main(): Promise<void> {
     metrics: operations.metrics,
     logger: operations.logger,
   });
-  relay.on('agent', (up: boolean) => process.stdout.write(`${COMMAND} agent ${up ? 'connected' : 'disconnected'}\n`));
+  relay.on('agent', (up: boolean, name: string) => process.stdout.write(`${COMMAND} agent ${name} ${up ? 'connected' : 'disconnected'}\n`));
   await relay.start();
   const metricsPort = await operations.serveMetrics();
-  const { port, publicPort } = relay.address();
-  process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
+  const { port, publicPort, publicPorts } = relay.address();
+  const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
+  process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
+  if (configFile !== undefined) {
+    process.on('SIGHUP', () => {
+      let next: RelayConfig;
+      try {
+        next = readConfig();
+      } catch (error) {
+        operations.logger.error({ err: error }, 'configuration not reloaded; the running one stays');
+        return;
+      }
+      relay.reload(next).then(
+        () => {
+          const reloaded = Object.entries(relay.address().publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
+          process.stdout.write(`${COMMAND} reloaded services=${reloaded}\n`);
+        },
+        (error: unknown) => operations.logger.error({ err: error }, 'configuration partly reloaded'),
+      );
+    });
+  }
   runUntilSignal(
     COMMAND,
     () => operations.shutDown(relay),

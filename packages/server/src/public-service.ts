@@ -1,0 +1,43 @@
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { listen } from '@pool/shared';
+import type { ServiceConfig } from './relay-config.js';
+
+/** Counters of one service since the relay started. */
+export interface ServiceStats {
+  accepted: number;
+  finished: number;
+  failed: number;
+  open: number;
+}
+
+/** One service's public port: users connect here and are tunnelled to the agent that serves it. */
+export class PublicService {
+  readonly config: ServiceConfig;
+  readonly stats: ServiceStats = { accepted: 0, finished: 0, failed: 0, open: 0 };
+  readonly #server: Server;
+
+  constructor(config: ServiceConfig, onUser: (user: Socket, service: PublicService) => void, onError: (error: Error) => void) {
+    this.config = config;
+    // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
+    // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
+    this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (user) => onUser(user, this));
+    this.#server.on('error', onError);
+  }
+
+  get listening(): boolean {
+    return this.#server.listening;
+  }
+
+  listen(backlog: number): Promise<void> {
+    return listen(this.#server, this.config.publicPort, this.config.publicHost, backlog);
+  }
+
+  port(): number {
+    return (this.#server.address() as AddressInfo).port;
+  }
+
+  /** Stops taking users; open tunnels go on. */
+  close(): void {
+    if (this.#server.listening) this.#server.close();
+  }
+}

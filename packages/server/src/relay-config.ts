@@ -1,0 +1,156 @@
+import { isIP } from 'node:net';
+import { parse } from 'yaml';
+import { NAME_PATTERN, PoolError } from '@pool/shared';
+import { parseAllowlist } from './allowlist.js';
+
+/** One agent the relay serves: its secret, and where it may connect from. */
+export interface AgentConfig {
+  /** The agent's own secret, presented in `x-pool-token`; it also names the agent. */
+  token: string;
+  /** IPs and CIDR ranges the agent may connect from. Default: anywhere the relay's `allow` admits. */
+  allow?: readonly string[];
+}
+
+/** One public port, tunnelled to one agent's service of the same name. */
+export interface ServiceConfig {
+  name: string;
+  /** The agent that serves it (a key of `agents`). */
+  agent: string;
+  /** Interface users connect to. Default: all interfaces. */
+  publicHost?: string;
+  /** Port users connect to. */
+  publicPort: number;
+  /** Send the target a PROXY protocol header (v1 text or v2 binary) with the user's address. Default: none. */
+  proxyProtocol?: 'v1' | 'v2';
+}
+
+/** What a relay's configuration file holds. */
+export interface RelayConfig {
+  /** The agents' port, `host:port`. */
+  listen?: { host: string | undefined; port: number };
+  /** PEM files of the relay's certificate and key. */
+  tls?: { cert: string; key: string };
+  agents: Readonly<Record<string, AgentConfig>>;
+  services: readonly ServiceConfig[];
+}
+
+/** A configuration that cannot be used; the message names the file and the key. */
+export class ConfigError extends PoolError {
+  constructor(file: string, key: string, problem: string) {
+    super('ERR_CONFIG', `${file}: ${key}: ${problem}`);
+  }
+}
+
+/** `${NAME}` in a string value stands for the environment variable NAME (which must be set). */
+function substitute(value: string, file: string, key: string, env: NodeJS.ProcessEnv): string {
+  return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_match, name: string) => {
+    const replacement = env[name];
+    if (replacement === undefined) throw new ConfigError(file, key, `environment variable ${name} is not set`);
+    return replacement;
+  });
+}
+
+/** `host:port`, `[v6]:port` or `:port` (all interfaces). */
+function hostPort(value: unknown, file: string, key: string): { host: string | undefined; port: number } {
+  const match = typeof value === 'string' ? /^(?:\[([^\]]+)\]|([^:\[\]]*)):(\d{1,5})$/.exec(value) : null;
+  const port = Number(match?.[3]);
+  const host = match?.[1] ?? match?.[2];
+  if (!match || port > 65_535 || (host !== '' && host !== undefined && match[1] !== undefined && isIP(host) !== 6)) {
+    throw new ConfigError(file, key, `expected host:port, [v6]:port or :port, got ${JSON.stringify(value)}`);
+  }
+  return { host: host === '' ? undefined : host, port };
+}
+
+function record(value: unknown, file: string, key: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ConfigError(file, key, 'expected a mapping');
+  return value as Record<string, unknown>;
+}
+
+function allowedKeys(value: Record<string, unknown>, allowed: readonly string[], file: string, key: string): void {
+  for (const name of Object.keys(value)) {
+    if (!allowed.includes(name)) throw new ConfigError(file, `${key}${key ? '.' : ''}${name}`, `unknown key (expected one of ${allowed.join(', ')})`);
+  }
+}
+
+/**
+ * Parses and validates a relay configuration (YAML; JSON is YAML too) as a
+ * whole: the first problem is thrown as a {@link ConfigError} naming the file
+ * and the key. `${VAR}` in a value is replaced by the environment variable.
+ */
+export function parseRelayConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): RelayConfig {
+  let document: unknown;
+  try {
+    document = parse(text);
+  } catch (error) {
+    throw new ConfigError(file, '(document)', `not YAML or JSON: ${(error as Error).message.split('\n')[0]}`);
+  }
+  const root = record(document ?? {}, file, '(document)');
+  allowedKeys(root, ['listen', 'tls', 'agents', 'services'], file, '');
+  const config: { listen?: RelayConfig['listen']; tls?: RelayConfig['tls']; agents: Record<string, AgentConfig>; services: ServiceConfig[] } = { agents: {}, services: [] };
+  if (root.listen !== undefined) config.listen = hostPort(root.listen, file, 'listen');
+  if (root.tls !== undefined) {
+    const tls = record(root.tls, file, 'tls');
+    allowedKeys(tls, ['cert', 'key'], file, 'tls');
+    if (typeof tls.cert !== 'string' || typeof tls.key !== 'string') throw new ConfigError(file, 'tls', 'expected cert and key, paths of PEM files');
+    config.tls = { cert: substitute(tls.cert, file, 'tls.cert', env), key: substitute(tls.key, file, 'tls.key', env) };
+  }
+  const agents = record(root.agents ?? {}, file, 'agents');
+  if (Object.keys(agents).length === 0) throw new ConfigError(file, 'agents', 'at least one agent is needed');
+  const tokens = new Map<string, string>();
+  for (const [name, value] of Object.entries(agents)) {
+    const key = `agents.${name}`;
+    if (!NAME_PATTERN.test(name)) throw new ConfigError(file, key, 'an agent name is letters, digits, . _ - (up to 63)');
+    const agent = record(value, file, key);
+    allowedKeys(agent, ['token', 'allow'], file, key);
+    if (typeof agent.token !== 'string') throw new ConfigError(file, `${key}.token`, 'expected a secret (a string; ${VAR} for an environment variable)');
+    const token = substitute(agent.token, file, `${key}.token`, env);
+    if (token.length < 16) throw new ConfigError(file, `${key}.token`, 'a token is at least 16 characters');
+    const other = tokens.get(token);
+    if (other !== undefined) throw new ConfigError(file, `${key}.token`, `the same as agents.${other}.token: each agent needs its own`);
+    tokens.set(token, name);
+    const entry: AgentConfig = { token };
+    if (agent.allow !== undefined) {
+      const allow = typeof agent.allow === 'string' ? [agent.allow] : agent.allow;
+      if (!Array.isArray(allow) || !allow.every((item): item is string => typeof item === 'string')) throw new ConfigError(file, `${key}.allow`, 'expected IPs and CIDR ranges');
+      try {
+        parseAllowlist(allow);
+      } catch (error) {
+        throw new ConfigError(file, `${key}.allow`, (error as Error).message);
+      }
+      if (allow.length === 0) throw new ConfigError(file, `${key}.allow`, 'an empty allowlist admits nobody; leave it out to admit everyone the relay does');
+      entry.allow = allow;
+    }
+    config.agents[name] = entry;
+  }
+  if (!Array.isArray(root.services) || root.services.length === 0) throw new ConfigError(file, 'services', 'expected a list of at least one service');
+  const names = new Set<string>();
+  const ports = new Map<string, string>();
+  root.services.forEach((value: unknown, index: number) => {
+    const key = `services[${index}]`;
+    const service = record(value, file, key);
+    allowedKeys(service, ['name', 'agent', 'public', 'proxyProtocol'], file, key);
+    if (typeof service.name !== 'string' || !NAME_PATTERN.test(service.name)) throw new ConfigError(file, `${key}.name`, 'a service name is letters, digits, . _ - (up to 63)');
+    if (names.has(service.name)) throw new ConfigError(file, `${key}.name`, `service ${service.name} is declared twice`);
+    names.add(service.name);
+    if (typeof service.agent !== 'string' || config.agents[service.agent] === undefined) {
+      throw new ConfigError(file, `${key}.agent`, `expected one of the agents (${Object.keys(config.agents).join(', ')})`);
+    }
+    const address = hostPort(service.public, file, `${key}.public`);
+    if (address.port === 0) throw new ConfigError(file, `${key}.public`, 'a public port is needed (not 0)');
+    const where = `${address.host ?? '*'}:${address.port}`;
+    const clash = ports.get(where);
+    if (clash !== undefined) throw new ConfigError(file, `${key}.public`, `${where} is already service ${clash}'s`);
+    ports.set(where, service.name);
+    if (service.proxyProtocol !== undefined && service.proxyProtocol !== 'v1' && service.proxyProtocol !== 'v2') {
+      throw new ConfigError(file, `${key}.proxyProtocol`, 'expected v1 or v2');
+    }
+    config.services.push({
+      name: service.name,
+      agent: service.agent,
+      publicHost: address.host,
+      publicPort: address.port,
+      ...(service.proxyProtocol !== undefined && { proxyProtocol: service.proxyProtocol }),
+    });
+  });
+  return config;
+}
