@@ -14,9 +14,9 @@ export class CliProcess {
   readonly #waiters: Array<{ pattern: RegExp; resolve: (match: RegExpMatchArray) => void }> = [];
   readonly exited: Promise<number | null>;
 
-  /** `nodeArgs` go to node itself, before the script (`--expose-gc`, …). */
-  constructor(bin: string, args: string[], nodeArgs: string[] = []) {
-    this.child = spawn(process.execPath, [...nodeArgs, bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `nodeArgs` go to node itself, before the script (`--expose-gc`, …); `env` adds to the environment. */
+  constructor(bin: string, args: string[], nodeArgs: string[] = [], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [...nodeArgs, bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
     const onLine = (line: string): void => {
       this.lines.push(line);

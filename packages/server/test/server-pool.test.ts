@@ -393,3 +393,54 @@ describe('ServerPool: lifecycle', () => {
     expect(() => new ServerPool(options)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_OPTION' }));
   });
 });
+
+describe('ServerPool: connections per client', () => {
+  const EAST = 'east-secret-0123456789abcdef';
+  const WEST = 'west-secret-0123456789abcdef';
+  const as = (token: string): Parameters<typeof dialPool>[1] => ({ headers: { 'x-pool-token': token } });
+
+  it('IncomingGet({ client }) takes only that client\'s connections, first in first out; the plain form takes the oldest of any', async () => {
+    const { pool, url } = await startPool({ tokens: { east: EAST, west: WEST } });
+    const west1 = await dial(url, as(WEST));
+    const east1 = await dial(url, as(EAST));
+    const east2 = await dial(url, as(EAST));
+    await idleCount(pool, 3);
+    expect([pool.Active('east'), pool.Active('west')]).toEqual([2, 1]);
+    const fromEast = await pool.IncomingGet(1_000, { client: 'east' });
+    clientConns.push(fromEast.conn);
+    expect([fromEast.id, fromEast.client]).toEqual([east1.id, 'east']);
+    const any = await incoming(pool, 1_000);
+    expect(any.id).toBe(west1.id);
+    // A get for a client with nothing idle waits for that client's next connection, not another's.
+    const waiting = pool.IncomingGet(2_000, { client: 'west' });
+    expect(pool.Waiting('west')).toBe(1);
+    const east3 = await dial(url, as(EAST));
+    await sleep(50);
+    expect(pool.Active('east')).toBe(2);
+    const west2 = await dial(url, as(WEST));
+    const got = await waiting;
+    clientConns.push(got.conn);
+    expect(got.id).toBe(west2.id);
+    expect([east2.id, east3.id]).toContain((await incoming(pool, 1_000)).id);
+  });
+
+  it('clientMaxCap bounds one client\'s idle connections with 503; another client is not held back', async () => {
+    const { pool, port, url } = await startPool({ tokens: { east: EAST, west: WEST }, clientMaxCap: { east: 1 } });
+    await dial(url, as(EAST));
+    await idleCount(pool, 1);
+    expect((await rawUpgrade(port, { headers: { 'x-pool-token': EAST } })).status).toBe(503);
+    await dial(url, as(WEST));
+    await dial(url, as(WEST));
+    await idleCount(pool, 3);
+  });
+
+  it('bind decides the client before the upgrade, or refuses with the status it returns', async () => {
+    const { pool, port, url } = await startPool({
+      bind: (request, client) => (request.headers['x-session'] === 'good' ? `bound:${client}` : 401),
+    });
+    expect((await rawUpgrade(port, { headers: { 'x-session': 'bad' } })).status).toBe(401);
+    await dial(url, { headers: { 'x-session': 'good' } });
+    await idleCount(pool, 1);
+    expect(pool.Active('bound:127.0.0.1')).toBe(1);
+  });
+});

@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     () => operations.shutDown(relay),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} errors=${relay.ErrorCount()}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );
