@@ -303,7 +303,7 @@ describe('ClientPool: demand (dialNow)', () => {
   });
 });
 
-describe('ClientPool: keep-alive (DESIGN.md item 6)', () => {
+describe('ClientPool: keep-alive (docs/protocol.md, section 2)', () => {
   /** A relay that sends IDs like ours but never answers pings; optionally confirms keep-alive anyway. */
   async function silentRelay(confirm: boolean): Promise<{ port: number; close(): Promise<void> }> {
     const server = createServer(await selfSignedCert());

@@ -284,7 +284,7 @@ describe('ServerPool: IncomingGet', () => {
   });
 });
 
-describe('ServerPool: keep-alive (DESIGN.md item 6)', () => {
+describe('ServerPool: keep-alive (docs/protocol.md, section 2)', () => {
   it('confirms keep-alive only to a client that offers it', async () => {
     const { port } = await startPool({ keepAlive: 1_000 });
     const offered = await rawUpgrade(port, { headers: { 'x-pool-keepalive': 'pong' } });

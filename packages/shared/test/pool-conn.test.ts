@@ -20,8 +20,8 @@ describe.each([
   it('moves 64 MiB of random bytes each way intact, at the same time', async () => {
     pair = await connPair({ tls });
     const { server, client } = pair;
-    // No half-close on a WebSocket: a side that ended first would cut the other's
-    // writes short (DESIGN.md item 5), so both read everything before anyone ends.
+    // These ends negotiated no half-close (as with a Go npws peer): a side that ended first
+    // would cut the other's writes short (docs/protocol.md, section 2), so both read everything first.
     const [sentUp, sentDown, receivedUp, receivedDown] = await Promise.all([
       writeRandom(client, 64 * MiB, 64 * 1024, false),
       writeRandom(server, 64 * MiB, 64 * 1024, false),
