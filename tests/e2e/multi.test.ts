@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
+import { request } from 'undici';
 import WebSocket from 'ws';
 import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
 import { TargetServers } from '../helpers/tunnel.js';
@@ -152,7 +153,7 @@ beforeAll(async () => {
   const [v1] = await freePorts(1, '::1');
   writeFileSync(configFile, config(SERVICES({ web: web!, db: db!, ssh: ssh!, mail: mail!, v1: v1!, v2: v2! })));
   // The configuration names east's token by environment variable, as an operator would keep it.
-  relay = new CliProcess(RELAY_BIN, ['--config', configFile, '--status-interval', '100'], [], { EAST_TOKEN });
+  relay = new CliProcess(RELAY_BIN, ['--config', configFile, '--status-interval', '100', '--metrics-port', '0'], [], { EAST_TOKEN });
   processes.push(relay);
   const ready = await relay.waitFor(/ready port=(\d+) .*services=(\S+)/, 10_000, true);
   port = Number(ready[1]);
@@ -176,6 +177,22 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
         socket.destroy();
       }
     }
+  });
+
+  it('publishes metrics per agent and per service', async () => {
+    const metricsPort = Number((await relay.waitFor(/metrics-port=(\d+)/, 5_000, true))[1]);
+    const { name, socket } = await greeting(portOf.mail!);
+    expect(name).toBe('mail');
+    socket.destroy();
+    await sleep(100);
+    const text = await (await request(`http://127.0.0.1:${metricsPort}/metrics`)).body.text();
+    const sample = (series: string): number => Number(text.split('\n').find((line) => line.startsWith(`${series} `))?.split(' ')[1]);
+    expect(sample('pool_relay_agent_connected{pool="relay",agent="east"}')).toBe(1);
+    expect(sample('pool_relay_agent_connected{pool="relay",agent="west"}')).toBe(1);
+    expect(sample('pool_relay_tunnels_total{pool="relay",service="web",agent="east",outcome="accepted"}')).toBeGreaterThanOrEqual(5);
+    expect(sample('pool_relay_tunnels_total{pool="relay",service="mail",agent="west",outcome="accepted"}')).toBeGreaterThanOrEqual(6);
+    expect(sample('pool_relay_agent_connections{pool="relay",agent="west",state="idle"}')).toBeGreaterThanOrEqual(0);
+    expect(text).toMatch(/^process_open_fds \d+/m);
   });
 
   it('the PROXY protocol (v1 over IPv6, v2 over IPv4) carries the user\'s address and port, as an independent parser reads it', async () => {
@@ -226,6 +243,9 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
     await confused.waitFor(/relay: service web belongs to agent east, not to west/, 10_000, true);
     await confused.waitFor(/relay: unknown service nosuch/, 10_000, true);
     await relay.waitFor(/unknown service nosuch/, 10_000, true);
+    // Same token, so the same agent: it replaced west's control channel, which the relay logs at warn and counts.
+    await relay.waitFor(/"level":"warn".*a new control channel of this agent replaces the old one/, 5_000, true);
+    expect(Number((await relay.waitForStatus((s) => Number(s.replaced) >= 1, 5_000)).replaced)).toBeGreaterThanOrEqual(1);
     // It took over west's control channel (same token): the real west takes it back, as an agent restart would.
     await confused.stop('SIGKILL');
     const wrong = startAgent('east', 'not-the-token-0123456789abcdef', { web: targetOf.web! });

@@ -4,6 +4,8 @@ import type { ServiceConfig } from './relay-config.js';
 
 /** Counters of one service since the relay started. */
 export interface ServiceStats {
+  /** The agent that serves it. */
+  agent: string;
   accepted: number;
   finished: number;
   failed: number;
@@ -13,11 +15,12 @@ export interface ServiceStats {
 /** One service's public port: users connect here and are tunnelled to the agent that serves it. */
 export class PublicService {
   readonly config: ServiceConfig;
-  readonly stats: ServiceStats = { accepted: 0, finished: 0, failed: 0, open: 0 };
+  readonly stats: ServiceStats;
   readonly #server: Server;
 
   constructor(config: ServiceConfig, onUser: (user: Socket, service: PublicService) => void, onError: (error: Error) => void) {
     this.config = config;
+    this.stats = { agent: config.agent, accepted: 0, finished: 0, failed: 0, open: 0 };
     // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
     // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
     this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (user) => onUser(user, this));

@@ -25,6 +25,7 @@ import { AgentSessions, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
 import { PublicService, type ServiceStats } from './public-service.js';
 import { QueuedUser } from './queued-user.js';
+import { publishRelayMetrics } from './relay-metrics.js';
 import type { AgentConfig, ServiceConfig } from './relay-config.js';
 import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
@@ -118,6 +119,9 @@ type NoTunnel = 'noAgent' | 'noConnection' | 'departed';
  * first (logged at `warn`, counted); when the agent instance changes, its idle
  * pooled connections are flushed, because only the agent that dialled them can claim them.
  *
+ * With `metrics`, the relay publishes per agent and per service beside the
+ * pool's series (`pool_relay_*`, labels `agent` and `service`).
+ *
  * Events: `'agent'` (connected: boolean, name); `'tunnel'` ({ error, service })
  * when one ends; `'error'` for failures outside any call (emitted only when listened to).
  */
@@ -138,6 +142,7 @@ export class Relay extends ErrorCountingEmitter {
   /** Agents a demand message is due to at the end of this turn of the event loop: a burst of users makes one each. */
   readonly #demandDue = new Set<string>();
   #controlPing: NodeJS.Timeout | undefined;
+  readonly #unpublishMetrics: (() => void) | undefined;
   #started = false;
   #closing: Promise<void> | undefined;
 
@@ -168,6 +173,7 @@ export class Relay extends ErrorCountingEmitter {
       maxPayload: CONTROL_MAX_BYTES,
     });
     for (const service of services) this.#serviceByName.set(service.name, this.#publicService(service));
+    this.#unpublishMetrics = options.metrics && publishRelayMetrics(options.metrics, () => this.stats());
   }
 
   #publicService(config: ServiceConfig): PublicService {
@@ -284,6 +290,7 @@ export class Relay extends ErrorCountingEmitter {
 
   async #close(): Promise<void> {
     clearInterval(this.#controlPing);
+    this.#unpublishMetrics?.();
     for (const service of this.#serviceByName.values()) service.close();
     this.#server.removeListener('upgrade', this.#onUpgrade);
     this.#server.close();
