@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { ClientRequestArgs } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import type { ClientRequest, ClientRequestArgs, IncomingMessage } from 'node:http';
+import { connect, isIPv6, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import {
   ErrorCountingEmitter,
@@ -22,6 +22,7 @@ import {
   TOKEN_HEADER,
   TargetUnreachableError,
   checkMs,
+  upgradeRejection,
   decodeControl,
   encodeControl,
   splice,
@@ -87,9 +88,9 @@ export interface AgentStats {
 
 /** Splits `host:port` / `[v6]:port`; throws `InvalidOptionError` otherwise. */
 export function parseHostPort(name: string, value: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(value);
+  const match = /^(?:\[([^\]]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(value);
   const port = Number(match?.[3]);
-  if (!match || port < 1 || port > 65_535) throw new InvalidOptionError(name, value, 'host:port');
+  if (!match || port < 1 || port > 65_535 || (match[1] !== undefined && !isIPv6(match[1]))) throw new InvalidOptionError(name, value, 'host:port');
   return { host: (match[1] ?? match[2])!, port };
 }
 
@@ -126,6 +127,8 @@ export class Agent extends ErrorCountingEmitter {
   readonly agentId = randomUUID();
   readonly #targetByService: ReadonlyMap<string, { host: string; port: number }>;
   #session: string | undefined;
+  /** The code of the last control failure, while they repeat. */
+  #lastControlFailure: string | undefined;
   readonly #controlUrl: string;
   readonly #controlOptions: WebSocket.ClientOptions | ClientRequestArgs;
   readonly #claimTimeoutMs: number;
@@ -151,7 +154,7 @@ export class Agent extends ErrorCountingEmitter {
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 5_000);
     this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
     this.pool = new ClientPool(options);
-    this.pool.on('error', this.reportError);
+    this.pool.on('error', this.forwardError);
     this.#keepAliveMs = options.keepAlive ?? 30_000;
     const relay = resolveRelayTarget(options.server, options.tls);
     this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
@@ -217,8 +220,21 @@ export class Agent extends ErrorCountingEmitter {
     const ws = new WebSocket(this.#controlUrl, this.#controlOptions);
     this.#control = ws;
     let alive = true;
-    ws.on('error', this.reportError);
+    let opened = false;
+    let refused = false;
+    ws.on('error', (error: Error) => {
+      // After a refusal, ws only adds that the handshake was cut: the refusal said it all.
+      if (!refused) this.#controlFailed(error);
+    });
+    ws.on('unexpected-response', (_request: ClientRequest, response: IncomingMessage) => {
+      response.resume();
+      refused = true;
+      this.#controlFailed(upgradeRejection(response.statusCode ?? 0));
+      ws.terminate();
+    });
     ws.on('open', () => {
+      opened = true;
+      this.#lastControlFailure = undefined;
       this.#stats.controlConnects++;
       this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
       this.logger.info({ relay: this.#controlUrl }, 'control channel connected');
@@ -258,13 +274,31 @@ export class Agent extends ErrorCountingEmitter {
     ws.once('close', () => {
       clearInterval(this.#pingTimer);
       if (this.#control === ws) this.#control = undefined;
-      this.emit('control', false);
+      if (opened) this.emit('control', false);
       if (this.#closed) return;
       // Full jitter: a fleet of agents that lost one relay does not return in lockstep.
       const delay = Math.round(this.#retryDelayMs * (0.5 + Math.random() / 2));
       this.#retryDelayMs = Math.min(CONTROL_RETRY_MAX_MS, this.#retryDelayMs * 2);
       this.#retryTimer = setTimeout(() => this.#connectControl(), delay);
     });
+  }
+
+  /**
+   * A control connection failed. The same failure again and again (a wrong
+   * token, a relay that is down) is logged once at `error`, then at `debug`
+   * until the channel opens, while the agent keeps retrying; each is counted.
+   */
+  #controlFailed(error: Error): void {
+    const code = (error as { code?: string }).code ?? error.message;
+    const repeated = this.#lastControlFailure === code;
+    this.#lastControlFailure = code;
+    if (repeated) {
+      this.forwardError(error);
+      this.logger.debug({ err: error, relay: this.#controlUrl }, 'control channel still failing');
+      return;
+    }
+    this.forwardError(error);
+    this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}; retrying every second at most`);
   }
 
   /**

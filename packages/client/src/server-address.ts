@@ -45,7 +45,7 @@ export function resolveRelayTarget(server: string, tls: TlsMode | undefined): Re
   } catch {
     throw new InvalidOptionError('server', server, 'host:port or a ws:// or wss:// URL');
   }
-  if (!parsed.hostname || (!scheme && !parsed.port)) {
+  if (!parsed.hostname || (!scheme && !parsed.port) || parsed.port === '0') {
     throw new InvalidOptionError('server', server, 'host:port or a ws:// or wss:// URL');
   }
   const secure = scheme === 'ws' ? false : scheme === 'wss' ? true : mode !== 'off';

@@ -164,7 +164,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
     this.#agents = new AgentSessions(agentAllowlists(options.agents), options.agents !== undefined);
     this.pool = new ServerPool({ ...options, tokens: agentTokens(options.agents), server: this.#server, bind: this.#agents.bind });
-    this.pool.on('error', this.reportError);
+    this.pool.on('error', this.forwardError);
     this.pool.on('waiting', (_waiting: number, agent: string | undefined) => this.#scheduleDemand(agent));
     this.#controlWss = new WebSocketServer({
       noServer: true,

@@ -13,6 +13,21 @@ export interface FlagSpec {
   default?: string;
   /** May be given more than once (the env var: comma-separated); the value is then a list. */
   multiple?: boolean;
+  /** A whole number within [min, max]: checked before anything starts, like every flag. */
+  range?: readonly [number, number];
+}
+
+/** The range of a duration flag, in ms: what a Node timer can hold. */
+export const MS_RANGE = [0, 2 ** 31 - 1] as const;
+/** The range of a port flag (0: any free port). */
+export const PORT_RANGE = [0, 65_535] as const;
+
+const TRUE_WORDS = /^(1|true|yes|on)$/i;
+const FALSE_WORDS = /^(0|false|no|off)$/i;
+
+/** Why a flag or env var was refused; the message names it as the user wrote it. */
+function flagError(source: string, value: unknown, expected: string): Error {
+  return new InvalidOptionError(source, value, expected);
 }
 
 export type FlagValues = Record<string, string | boolean | string[] | undefined>;
@@ -23,9 +38,10 @@ export function envNameOf(flag: string): string {
 }
 
 /**
- * Parses flags (which win), then env vars, then defaults. Returns undefined
- * after printing usage for `--help`; throws with a readable message on an
- * unknown flag or a missing value.
+ * Parses flags (which win), then env vars, then defaults, and checks every
+ * value against its spec before anything starts. Returns undefined after
+ * printing usage for `--help`; throws one readable line, naming the flag or
+ * env var as the user wrote it, on an unknown flag, a missing value or a bad one.
  */
 export function parseCommandLine(
   command: string,
@@ -34,14 +50,21 @@ export function parseCommandLine(
   argv: string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
 ): FlagValues | undefined {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      help: { type: 'boolean', short: 'h' },
-      ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type, multiple: spec.multiple === true }])),
-    },
-    strict: true,
-  });
+  let values: FlagValues;
+  try {
+    ({ values } = parseArgs({
+      // pnpm passes the `--` of `pnpm run x -- --flag` through: it is not an argument.
+      args: argv.filter((arg) => arg !== '--'),
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type, multiple: spec.multiple === true }])),
+      },
+      strict: true,
+    }));
+  } catch (error) {
+    // parseArgs explains over several lines; one is enough ("--port -1": use --port=-1).
+    throw new Error(String((error as Error).message).split('\n')[0]!.replace(/argument is ambiguous\.?$/, 'needs a value (write --name=-value for one that starts with a dash)'));
+  }
   if (values.help) {
     const width = Math.max(...Object.keys(flags).map((name) => name.length)) + 8;
     const lines = Object.entries(flags).map(([name, spec]) => {
@@ -56,12 +79,26 @@ export function parseCommandLine(
   const result: FlagValues = {};
   for (const [name, spec] of Object.entries(flags)) {
     const fromEnv = env[envNameOf(name)];
-    const fromFlag = (values as FlagValues)[name];
+    const fromFlag = values[name];
     if (spec.multiple) {
       result[name] = fromFlag ?? fromEnv?.split(',').filter(Boolean) ?? [];
       continue;
     }
-    result[name] = fromFlag ?? (fromEnv === undefined ? spec.default : spec.type === 'boolean' ? /^(1|true|yes)$/i.test(fromEnv) : fromEnv);
+    const source = fromFlag !== undefined ? `--${name}` : fromEnv !== undefined ? envNameOf(name) : `--${name} (default)`;
+    if (fromFlag === undefined && fromEnv !== undefined && spec.type === 'boolean') {
+      if (!TRUE_WORDS.test(fromEnv) && !FALSE_WORDS.test(fromEnv)) throw flagError(source, fromEnv, 'one of 1, true, yes, on, 0, false, no, off');
+      result[name] = TRUE_WORDS.test(fromEnv);
+      continue;
+    }
+    const value = fromFlag ?? fromEnv ?? spec.default;
+    result[name] = value;
+    if (spec.range && value !== undefined) {
+      const [min, max] = spec.range;
+      const number = Number(value);
+      if (typeof value !== 'string' || !/^-?\d+$/.test(value.trim()) || number < min || number > max) {
+        throw flagError(source, value, `a whole number from ${min} to ${max}`);
+      }
+    }
   }
   return result;
 }
@@ -111,7 +148,7 @@ type LogLevel = (typeof LOG_LEVELS)[number];
  */
 export function createLineLogger(level: string, write: (line: string) => void): Logger {
   const threshold = level === 'off' ? LOG_LEVELS.length : LOG_LEVELS.indexOf(level as LogLevel);
-  if (threshold < 0) throw new InvalidOptionError('log level', level, `one of off, ${LOG_LEVELS.join(', ')}`);
+  if (threshold < 0) throw new InvalidOptionError('--log-level', level, `one of off, ${LOG_LEVELS.join(', ')}`);
   const at =
     (rank: number, name: LogLevel) =>
     (fields: object, message?: string): void => {
@@ -146,8 +183,8 @@ export async function serveMetrics(registry: Registry, host: string, port: numbe
 
 /** The flags both CLIs take for operating them: shutdown drain, metrics and logs. */
 export const OPERATION_FLAGS: Record<string, FlagSpec> = {
-  'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000' },
-  'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)' },
+  'drain-timeout': { type: 'string', description: 'on SIGTERM/SIGINT, how long open tunnels get to finish, ms', default: '10000', range: MS_RANGE },
+  'metrics-port': { type: 'string', description: 'serve Prometheus metrics on GET /metrics at this port (default: off)', range: PORT_RANGE },
   'metrics-host': { type: 'string', description: 'interface for the metrics port', default: '127.0.0.1' },
   'log-level': { type: 'string', description: 'JSON log lines on stderr: off | error | warn | info | debug', default: 'info' },
 };

@@ -31,6 +31,12 @@ export class ErrorCountingEmitter extends EventEmitter {
     this.#errorCount = 0;
   }
 
+  /** For errors a part (a pool) already counted and logged: counted here too, emitted, not logged twice. */
+  protected readonly forwardError = (error: Error): void => {
+    this.#errorCount++;
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  };
+
   protected readonly reportError = (error: Error): void => {
     this.#errorCount++;
     this.logger.warn({ err: error, code: (error as { code?: unknown }).code }, error.message);

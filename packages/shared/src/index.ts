@@ -6,12 +6,12 @@ export { NO_EXTENSIONS, offerHeaders, negotiated, confirmHeaderLines, type Exten
 export { PoolConn, rawSocketOf, type PoolConnOptions } from './pool-conn.js';
 export { sendId, sendIdFrame, receiveId, receiveIdle, upgradeRejection } from './handshake.js';
 export { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
-export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_SWEEPS, DEAD_AFTER_SWEEPS, type LivenessAction, type Pingable } from './keep-alive.js';
+export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS, DEAD_AFTER_PERIODS, type LivenessAction, type Pingable } from './keep-alive.js';
 export { PendingGet, type GetOptions } from './pending-get.js';
 export { IdleConnections } from './idle-connections.js';
 export * from './control.js';
 export { splice, LINGER_MS, type SpliceResult } from './splice.js';
-export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, type FlagSpec, type FlagValues } from './cli.js';
+export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, MS_RANGE, PORT_RANGE, type FlagSpec, type FlagValues } from './cli.js';
 export { ErrorCountingEmitter } from './error-counting-emitter.js';
 export { ConnectionTracker, percentile, type ConnectionState, type OpenState, type ConnectionTrackerOptions, type Lifecycle, type TrackerStats, type AddressOccupancy } from './connection-tracker.js';
 export { LeasedConnections, drainPool, type LeasedBytes, type DrainResult, type Drainable } from './leased-connections.js';

@@ -10,36 +10,45 @@ export interface Pingable {
 
 /** Sweeps per keep-alive period. */
 export const SWEEPS_PER_PERIOD = 2;
-/** Sweeps of silence after which we ping: half a period's silence is worth a question. */
-export const PING_AFTER_SWEEPS = 2;
+/** Silence, in periods, after which we ping. */
+export const PING_AFTER_PERIODS = 1;
 /**
- * Sweeps of silence after which a connection is dead. A peer heard just
- * before sweep k is stamped k-1; it is judged at sweep k+3, at most four
- * half-periods (two periods) after it was last heard, and a live peer has had
- * at least half a period to answer the ping sent at k+1.
+ * Silence, in periods, after which a connection is dead. Sweeps come every
+ * half period, so a peer last heard at L is judged by L + 1.5 + 0.5 = L + 2
+ * periods at the latest, whatever the phase; and a sweep that finds it silent
+ * for 1.5 periods came after one that found it silent for a period and pinged
+ * it, so a live peer has had half a period to answer.
  */
-export const DEAD_AFTER_SWEEPS = 4;
+export const DEAD_AFTER_PERIODS = 1.5;
 
 export type LivenessAction = 'wait' | 'ping' | 'destroy';
 
 /**
- * What a sweep does with one connection, given how many sweeps ago its peer
- * was last heard (a pong or a ping) and whether our side is paused.
+ * What a sweep does with one connection, given how long its peer has been
+ * silent (no pong, no ping) in keep-alive periods, whether our side is
+ * paused, and whether we have pinged it since we last heard it.
+ *
+ * Silence is measured in time, not in sweeps: when both ends sweep, whichever
+ * finds a period of silence first pings, the other hears that ping and stays
+ * quiet, so a connection carries about one ping per period.
  *
  * A paused socket reads nothing, so its peer's pings and pongs sit unread:
  * it cannot be judged, but it pings at every sweep so that its peer, which
  * is reading, keeps hearing it.
  */
-export function livenessAction(silentSweeps: number, paused: boolean): LivenessAction {
+export function livenessAction(silentPeriods: number, paused: boolean, pinged: boolean): LivenessAction {
   if (paused) return 'ping';
-  if (silentSweeps >= DEAD_AFTER_SWEEPS) return 'destroy';
-  return silentSweeps >= PING_AFTER_SWEEPS ? 'ping' : 'wait';
+  // Only a peer that was asked can be judged: a sweep that came late (a busy process) asks first.
+  if (silentPeriods >= DEAD_AFTER_PERIODS && pinged) return 'destroy';
+  return silentPeriods >= PING_AFTER_PERIODS ? 'ping' : 'wait';
 }
 
 interface Liveness {
   target: Pingable;
-  /** The sweep count when the peer was last heard. */
+  /** When the peer was last heard (`performance.now()`, ms). */
   lastHeard: number;
+  /** We pinged it since. */
+  pinged: boolean;
 }
 
 /**
@@ -48,7 +57,7 @@ interface Liveness {
  * per connection: 10,000 connections cost one sweep.
  *
  * A sweep runs every half period. A connection whose peer has been silent for
- * half a period is pinged; one silent for two periods is destroyed with
+ * a period is pinged; one silent for a period and a half is destroyed with
  * `ERR_KEEPALIVE_TIMEOUT`, so a dead peer is caught within two periods,
  * whatever the phase. A ping from the peer counts as hearing it, so when both
  * ends sweep, each connection carries about one ping per period. Only track
@@ -57,7 +66,6 @@ interface Liveness {
  */
 export class KeepAliveSweeper {
   #periodMs: number;
-  #sweeps = 0;
   readonly #livenessByWebSocket = new Map<WebSocket, Liveness>();
   /** One listener for every tracked socket: a pong answers our ping; a ping from the peer proves the path alive just as well. */
   readonly #onHeard: (this: WebSocket) => void;
@@ -66,10 +74,12 @@ export class KeepAliveSweeper {
   constructor(periodMs: number) {
     this.#periodMs = periodMs;
     const livenessByWebSocket = this.#livenessByWebSocket;
-    const sweeper = this;
     this.#onHeard = function (this: WebSocket) {
       const liveness = livenessByWebSocket.get(this);
-      if (liveness) liveness.lastHeard = sweeper.#sweeps;
+      if (liveness) {
+        liveness.lastHeard = performance.now();
+        liveness.pinged = false;
+      }
     };
   }
 
@@ -88,7 +98,7 @@ export class KeepAliveSweeper {
     if (this.#periodMs === 0 || this.#livenessByWebSocket.has(ws)) return;
     ws.on('pong', this.#onHeard);
     ws.on('ping', this.#onHeard);
-    this.#livenessByWebSocket.set(ws, { target, lastHeard: this.#sweeps });
+    this.#livenessByWebSocket.set(ws, { target, lastHeard: performance.now(), pinged: false });
     if (this.#timer === undefined) this.#startTimer();
   }
 
@@ -126,18 +136,19 @@ export class KeepAliveSweeper {
   }
 
   readonly #sweep = (): void => {
-    const sweeps = ++this.#sweeps;
+    const now = performance.now();
     for (const liveness of this.#livenessByWebSocket.values()) {
       const { target } = liveness;
       if (!target.transportOpen) continue;
       const paused = target.webSocket.isPaused;
-      if (paused) liveness.lastHeard = sweeps;
-      switch (livenessAction(sweeps - liveness.lastHeard, paused)) {
+      if (paused) liveness.lastHeard = now;
+      switch (livenessAction((now - liveness.lastHeard) / this.#periodMs, paused, liveness.pinged)) {
         case 'destroy':
           this.untrack(target);
           target.destroy(new KeepAliveTimeoutError(this.#periodMs));
           break;
         case 'ping':
+          liveness.pinged = true;
           target.webSocket.ping();
           break;
         case 'wait':

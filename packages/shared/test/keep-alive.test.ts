@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { once } from 'node:events';
-import { DEAD_AFTER_SWEEPS, KeepAliveSweeper, PING_AFTER_SWEEPS, SWEEPS_PER_PERIOD, livenessAction, type LivenessAction } from '@pool/shared';
+import { DEAD_AFTER_PERIODS, KeepAliveSweeper, PING_AFTER_PERIODS, SWEEPS_PER_PERIOD, livenessAction, type LivenessAction } from '@pool/shared';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 
 let pair: ConnPair | undefined;
@@ -13,24 +13,26 @@ afterEach(async () => {
 });
 
 describe('livenessAction', () => {
-  it.each<[number, boolean, LivenessAction]>([
-    [0, false, 'wait'],
-    [1, false, 'wait'],
-    [2, false, 'ping'],
-    [3, false, 'ping'],
-    [4, false, 'destroy'],
-    [9, false, 'destroy'],
-    [0, true, 'ping'],
-    [9, true, 'ping'],
-  ])('%i sweeps of silence, paused %p: %s', (silent, paused, action) => {
-    expect(livenessAction(silent, paused)).toBe(action);
+  it.each<[number, boolean, boolean, LivenessAction]>([
+    [0, false, false, 'wait'],
+    [0.99, false, false, 'wait'],
+    [1, false, false, 'ping'],
+    [1.49, false, true, 'ping'],
+    [1.5, false, true, 'destroy'],
+    [9, false, true, 'destroy'],
+    // A sweep that came late asks before it judges.
+    [1.5, false, false, 'ping'],
+    [0, true, false, 'ping'],
+    [9, true, true, 'ping'],
+  ])('%p periods of silence, paused %p, pinged %p: %s', (silent, paused, pinged, action) => {
+    expect(livenessAction(silent, paused, pinged)).toBe(action);
   });
 
-  it('judges within two periods: death just after the peer was heard is destroyed four half-period sweeps later', () => {
-    expect(SWEEPS_PER_PERIOD).toBe(2);
-    expect(DEAD_AFTER_SWEEPS / SWEEPS_PER_PERIOD).toBeLessThanOrEqual(2);
-    // A live peer gets at least half a period to answer the first ping.
-    expect(DEAD_AFTER_SWEEPS - PING_AFTER_SWEEPS).toBeGreaterThanOrEqual(1 + 1);
+  it('judges within two periods, and a peer is pinged at least one sweep before it is judged', () => {
+    // The latest a silent peer is judged: the threshold plus one sweep.
+    expect(DEAD_AFTER_PERIODS + 1 / SWEEPS_PER_PERIOD).toBeLessThanOrEqual(2);
+    // The sweep before the one that judges saw at least a period of silence, and pinged.
+    expect(DEAD_AFTER_PERIODS - 1 / SWEEPS_PER_PERIOD).toBeGreaterThanOrEqual(PING_AFTER_PERIODS);
   });
 });
 

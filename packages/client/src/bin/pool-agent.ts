@@ -1,10 +1,22 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliOperations, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
 
 const COMMAND = 'pool-agent';
+
+/** A PEM certificate file for --tls-ca, or an error naming the flag and the file. */
+function readCertificate(file: string): Buffer {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(file);
+  } catch (error) {
+    throw new Error(`--tls-ca ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error(`--tls-ca ${file}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)`);
+  return pem;
+}
 
 async function main(): Promise<void> {
   const flags = parseCommandLine(
@@ -15,15 +27,15 @@ async function main(): Promise<void> {
       target: { type: 'string', description: "the local service, host:port: the relay's service `default` (this, or --service)" },
       service: { type: 'string', multiple: true, description: 'a service this agent serves, name=host:port' },
       name: { type: 'string', description: "this agent's name in the relay's configuration (checked against its token)" },
-      tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off', default: 'verified' },
+      tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off (default: verified; off for a ws:// server)' },
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
       token: { type: 'string', description: 'shared secret the relay expects' },
-      'min-cap': { type: 'string', description: 'pool capacity floor', default: '4' },
-      'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256' },
-      'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100' },
-      'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000' },
-      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
-      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
+      'min-cap': { type: 'string', description: 'pool capacity floor', default: '4', range: [1, 1_000_000] },
+      'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256', range: [1, 1_000_000] },
+      'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100', range: MS_RANGE },
+      'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000', range: MS_RANGE },
+      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
+      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000', range: MS_RANGE },
       ...OPERATION_FLAGS,
     },
   );
@@ -36,7 +48,7 @@ async function main(): Promise<void> {
     }),
   );
   if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
-  const tls: TlsMode = flags['tls-ca'] ? { ca: readFileSync(String(flags['tls-ca'])) } : (String(flags.tls) as TlsMode);
+  const tls: TlsMode | undefined = flags['tls-ca'] ? { ca: readCertificate(String(flags['tls-ca'])) } : (flags.tls as TlsMode | undefined);
   const operations = new CliOperations(flags);
   const agent = new Agent({
     server: String(flags.server),

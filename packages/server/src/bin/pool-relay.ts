@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliOperations, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
 import { generateDevCertificate } from '../dev-cert.js';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
@@ -13,26 +13,30 @@ async function main(): Promise<void> {
     'The public half of a tunnel: agents keep pooled connections to --port; users connect to --public-port\nand are tunnelled to the agent\'s target.',
     {
       host: { type: 'string', description: 'interface for agents (pool + control)', default: '::' },
-      port: { type: 'string', description: 'port for agents', default: '10101' },
+      port: { type: 'string', description: 'port for agents', default: '10101', range: PORT_RANGE },
       'public-host': { type: 'string', description: 'interface for users', default: '::' },
-      'public-port': { type: 'string', description: 'port for users', default: '10080' },
+      'public-port': { type: 'string', description: 'port for users', default: '10080', range: PORT_RANGE },
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
       'tls-key': { type: 'string', description: 'PEM private key file' },
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
-      'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256' },
-      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000' },
-      'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000' },
-      backlog: { type: 'string', description: 'connections each listener queues before they are accepted (a burst), capped by net.core.somaxconn', default: '2048' },
-      'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000' },
-      'max-payload': { type: 'string', description: 'largest WebSocket message accepted, bytes', default: String(16 * 1024 * 1024) },
-      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000' },
+      'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256', range: [1, 1_000_000] },
+      'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
+      'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000', range: MS_RANGE },
+      backlog: { type: 'string', description: 'connections each listener queues before they are accepted (a burst), capped by net.core.somaxconn', default: '2048', range: [1, 65_535] },
+      'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000', range: [1, MS_RANGE[1]] },
+      'max-payload': { type: 'string', description: 'largest WebSocket message accepted, bytes', default: String(16 * 1024 * 1024), range: [1, 2 ** 31 - 1] },
+      'status-interval': { type: 'string', description: 'status line period, ms (0: off)', default: '10000', range: MS_RANGE },
       ...OPERATION_FLAGS,
     },
   );
   if (!flags) return;
+  // An allowlist that was given but holds nothing must not quietly admit everyone.
+  const allow = flags.allow === undefined ? undefined : String(flags.allow).split(',').map((entry) => entry.trim()).filter(Boolean);
+  if (allow?.length === 0) throw new Error(`--allow ${JSON.stringify(flags.allow)}: an empty allowlist; give IPs or CIDR ranges, or leave --allow out to admit everyone`);
+  if (flags.plain && (flags['tls-cert'] || flags['tls-key'])) throw new Error('--plain and --tls-cert/--tls-key exclude each other');
   const configFile = flags.config === undefined ? undefined : String(flags.config);
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
@@ -48,6 +52,9 @@ async function main(): Promise<void> {
     process.stdout.write(`${COMMAND} using a generated self-signed certificate (sha256 ${dev.fingerprint}); agents need --tls insecure\n`);
   }
   const operations = new CliOperations(flags);
+  if (allow === undefined && flags.token === undefined && config === undefined) {
+    operations.logger.warn({}, 'neither --token nor --allow: any client that reaches this port can become the agent');
+  }
   const relay = new Relay({
     host: config?.listen ? config.listen.host : String(flags.host),
     port: config?.listen ? config.listen.port : numberFlag(flags, 'port'),
@@ -55,7 +62,7 @@ async function main(): Promise<void> {
     publicHost: String(flags['public-host']),
     publicPort: numberFlag(flags, 'public-port'),
     tls,
-    allow: flags.allow ? String(flags.allow).split(',') : undefined,
+    allow,
     token: flags.token === undefined ? undefined : String(flags.token),
     maxCap: numberFlag(flags, 'max-cap'),
     keepAlive: numberFlag(flags, 'keep-alive'),

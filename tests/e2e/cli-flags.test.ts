@@ -1,0 +1,65 @@
+import { describe, expect, it } from '@jest/globals';
+import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
+
+// Bad flags and env vars: each CLI refuses them before it listens or dials,
+// with exit code 2 and one line that names the flag (or env var) as written.
+
+const relayBase = ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0'];
+const agentBase = ['--server', '127.0.0.1:1', '--target', '127.0.0.1:2'];
+
+const cases: Array<[string, string, string[], Record<string, string>, RegExp]> = [
+  ['relay', 'an empty --allow', ['--allow', ''], {}, /--allow "": an empty allowlist/],
+  ['relay', 'a blank --allow', ['--allow', ' , '], {}, /--allow " , ": an empty allowlist/],
+  ['relay', 'a malformed --allow entry', ['--allow', '10.0.0.0/99'], {}, /invalid allow entry "10\.0\.0\.0\/99"/],
+  ['relay', '--status-interval past a timer', ['--status-interval', '1e12'], {}, /invalid --status-interval "1e12": expected a whole number from 0 to 2147483647/],
+  ['relay', 'a negative --status-interval', ['--status-interval', '-1'], {}, /--status-interval/],
+  ['relay', 'a word for --status-interval', ['--status-interval', 'abc'], {}, /invalid --status-interval "abc"/],
+  ['relay', 'a negative --drain-timeout', ['--drain-timeout=-1'], {}, /invalid --drain-timeout "-1"/],
+  ['relay', 'a huge --drain-timeout', ['--drain-timeout', '1000000000000'], {}, /invalid --drain-timeout "1000000000000"/],
+  ['relay', 'a port out of range', ['--port=70000'], {}, /invalid --port "70000": expected a whole number from 0 to 65535/],
+  ['relay', 'a negative port without =', ['--port', '-1'], {}, /--port/],
+  ['relay', 'a bad number from the environment', [], { POOL_MAX_CAP: 'x' }, /invalid POOL_MAX_CAP "x"/],
+  ['relay', 'a boolean env var that is no boolean', [], { POOL_PLAIN: 'maybe' }, /invalid POOL_PLAIN "maybe": expected one of 1, true, yes, on, 0, false, no, off/],
+  ['relay', '--plain with a certificate', ['--plain', '--tls-cert', 'x.crt', '--tls-key', 'x.key'], {}, /--plain and --tls-cert\/--tls-key exclude each other/],
+  ['relay', 'an unknown log level', ['--log-level', 'loud'], {}, /invalid --log-level "loud"/],
+  ['relay', 'a missing config file', ['--config', '/nonexistent/relay.yaml'], {}, /ENOENT|no such file/],
+  ['relay', 'an unknown flag', ['--prot', '1'], {}, /Unknown option '--prot'/],
+  ['agent', 'a --tls-ca that is no certificate', ['--tls-ca', '/dev/null'], {}, /--tls-ca \/dev\/null: not a PEM certificate/],
+  ['agent', 'a missing --tls-ca file', ['--tls-ca', '/nonexistent.crt'], {}, /--tls-ca \/nonexistent\.crt: ENOENT/],
+  ['agent', 'a target with a space', ['--target', 'a b:80'], {}, /invalid service default "a b:80"/],
+  ['agent', 'a --service without a target', ['--service', 'web'], {}, /--service "web": expected name=host:port/],
+  ['agent', 'a min-cap of 0', ['--min-cap', '0'], {}, /invalid --min-cap "0": expected a whole number from 1/],
+  ['agent', 'an unknown tls mode', ['--tls', 'maybe'], {}, /invalid tls "maybe"/],
+  ['agent', 'a server on port 0', ['--server', 'relay.example.com:0'], {}, /invalid server "relay\.example\.com:0"/],
+];
+
+describe('CLI flag validation', () => {
+  it.each(cases)('%s refuses %s', async (which, _label, args, env, message) => {
+    const base = which === 'relay' ? relayBase : agentBase;
+    const cli = new CliProcess(which === 'relay' ? RELAY_BIN : AGENT_BIN, [...base, ...args], [], env);
+    expect(await cli.exited).toBe(2);
+    const errors = cli.lines.filter((line) => line.startsWith('stderr: '));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(message);
+    expect(cli.lines.join('\n')).not.toMatch(/ ready | started /);
+  });
+
+  it('the agent takes a ws:// server without --tls off (its default there is off)', async () => {
+    const cli = new CliProcess(AGENT_BIN, ['--server', 'ws://127.0.0.1:1', '--target', '127.0.0.1:2', '--status-interval', '0']);
+    await cli.waitFor(/started server=ws:\/\/127\.0\.0\.1:1/, 10_000, true);
+    expect(await cli.stop('SIGTERM')).toBe(0);
+  });
+
+  it('a relay with neither --token nor --allow starts, and warns that anyone can become its agent', async () => {
+    const cli = new CliProcess(RELAY_BIN, [...relayBase, '--plain', '--status-interval', '0']);
+    await cli.waitFor(/ready port=/, 10_000, true);
+    expect(cli.lines.join('\n')).toMatch(/"level":"warn".*neither --token nor --allow/);
+    expect(await cli.stop('SIGTERM')).toBe(0);
+  });
+
+  it('pnpm\'s `--` before the flags is not an argument', async () => {
+    const cli = new CliProcess(RELAY_BIN, ['--', ...relayBase, '--plain', '--status-interval', '0', '--token', 'x']);
+    await cli.waitFor(/ready port=/, 10_000, true);
+    expect(await cli.stop('SIGTERM')).toBe(0);
+  });
+});
