@@ -85,7 +85,8 @@ describe('Prometheus metrics', () => {
     expect((await rawUpgrade(port, { headers: { 'x-pool-token': 's3cret' } })).status).toBe(503);
     relay.reconfigure({ allow: '10.0.0.0/8' });
     expect((await rawUpgrade(port, { headers: { 'x-pool-token': 's3cret' } })).status).toBe(403);
-    relay.reconfigure({ allow: [] });
+    expect(() => relay.reconfigure({ allow: [] })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_OPTION' }));
+    relay.reconfigure({ allow: undefined });
 
     // Three tunnels: 3,000 bytes each from the relay end, echoed back by the agent end.
     const tunnels = [];

@@ -16,6 +16,7 @@ import {
   PoolClosedError,
   PoolDrainingError,
   PoolMetrics,
+  InvalidOptionError,
   checkInt,
   checkMs,
   confirmHeaderLines,
@@ -64,8 +65,9 @@ export interface ServerPoolOptions {
   /** Most idle pooled connections held, upgrades in flight included; past it, 503. Default: 100. */
   maxCap?: number;
   /**
-   * Peers allowed to connect: IPs and CIDR ranges, IPv4 and IPv6. Empty or
-   * omitted: everyone. Checked on the upgrade request, before any WebSocket exists.
+   * Peers allowed to connect: IPs and CIDR ranges, IPv4 and IPv6. Omitted:
+   * everyone; given but empty: `ERR_INVALID_OPTION`. Checked on the upgrade
+   * request, before any WebSocket exists.
    */
   allow?: string | readonly string[];
   /** npws's single allowed client IP; merged into `allow`. */
@@ -132,6 +134,10 @@ export const DEFAULT_BACKLOG = 2_048;
 /** Validates every setting at once, so that a bad one changes nothing. */
 function parseSettings(settings: ServerPoolSettings): Settings {
   const allow = typeof settings.allow === 'string' ? [settings.allow] : [...(settings.allow ?? [])];
+  // An allowlist that was given but holds nothing must not quietly admit everyone (npws's empty `clientIP` still does).
+  if (settings.allow !== undefined && allow.every((entry) => entry.trim() === '')) {
+    throw new InvalidOptionError('allow', settings.allow, 'at least one IP or CIDR range (leave it out to admit everyone)');
+  }
   if (settings.clientIP) allow.push(settings.clientIP);
   return {
     maxCap: checkInt('maxCap', settings.maxCap ?? 100, 1),
@@ -168,8 +174,9 @@ type State = 'idle' | 'listening' | 'draining' | 'closed';
  * CSPRNG ID, keeps them idle, and hands them out with `IncomingGet`.
  *
  * Events: `'connection'` (id) when a connection joins the pool; `'waiting'`
- * (count) when an `IncomingGet` starts waiting because none is idle, with the
- * number now waiting (the demand to pass to the agents); `'clientUp'`
+ * (count, client) when an `IncomingGet` starts waiting because none is idle,
+ * with the number now waiting for that client (all, for a get of any client):
+ * the demand to pass to the agents; `'clientUp'`
  * (client) when a client's first connection arrives and `'clientDown'`
  * (client) once when its last one closes; `'close'` after `Close()`;
  * `'error'` (error) for failures outside any call, emitted only when
