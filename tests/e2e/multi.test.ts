@@ -249,7 +249,8 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
     // It took over west's control channel (same token): the real west takes it back, as an agent restart would.
     await confused.stop('SIGKILL');
     const wrong = startAgent('east', 'not-the-token-0123456789abcdef', { web: targetOf.web! });
-    await wrong.waitFor(/ERR_POOL_UNAUTHORIZED|HTTP 401|401/, 10_000, true);
+    await wrong.waitFor(/"level":"error".*control channel failed: the relay rejected the token \(HTTP 401\)/, 10_000, true);
+    await relay.waitFor(/"level":"warn".*control channel refused: wrong or missing token/, 10_000, true);
     await wrong.stop('SIGKILL');
     await relay.waitForStatus((s) => s['agents-up']!.includes('west'), 10_000);
   }, 30_000);

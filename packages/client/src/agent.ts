@@ -347,6 +347,7 @@ export class Agent extends ErrorCountingEmitter {
       this.emit('tunnel', { error });
     } catch (error) {
       this.#stats.targetFailures++;
+      this.reportError(error as Error);
       // A distinct close code lets the relay drop its user at once.
       conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
       conn.destroy();

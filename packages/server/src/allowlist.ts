@@ -38,12 +38,15 @@ export function parseAllowlist(entries: string | readonly string[] | undefined):
       blockList.addAddress(address, type);
       continue;
     }
+    // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps (10.0.0.0/8).
+    const mapped = version === 4 && address !== rawAddress;
+    const maxPrefix = mapped ? 128 : version === 4 ? 32 : 128;
+    const minPrefix = mapped ? 96 : 0;
     const prefix = Number(prefixText);
-    const maxPrefix = version === 4 ? 32 : 128;
-    if (!/^\d{1,3}$/.test(prefixText) || prefix > maxPrefix) {
-      throw new InvalidOptionError('allow entry', entry, `a prefix length from 0 to ${maxPrefix}`);
+    if (!/^\d{1,3}$/.test(prefixText) || prefix > maxPrefix || prefix < minPrefix) {
+      throw new InvalidOptionError('allow entry', entry, `a prefix length from ${minPrefix} to ${maxPrefix}`);
     }
-    blockList.addSubnet(address, prefix, type);
+    blockList.addSubnet(address, mapped ? prefix - 96 : prefix, type);
   }
   return {
     allowsAll: false,

@@ -1,22 +1,63 @@
 import { X509Certificate } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
 import { generate } from 'selfsigned';
+import { InvalidOptionError } from '@pool/shared';
+
+/** The names a generated certificate carries by default: this host, by loopback. */
+export const LOOPBACK_NAMES: readonly string[] = ['localhost', '127.0.0.1', '::1'];
+
+/** A certificate and its key (PEM), with its SHA-256 fingerprint (`AB:CD:…`). */
+export interface DevCertificate {
+  cert: string;
+  key: string;
+  fingerprint: string;
+}
 
 /**
- * A throw-away self-signed certificate (EC P-256, SHA-256) for development:
- * agents must use `tls: 'insecure'` or pin it with `tls: { ca: cert }`.
- * `fingerprint` is its SHA-256 fingerprint (`AB:CD:…`).
+ * A self-signed certificate (EC P-256, SHA-256) for `names`, host names and
+ * IP addresses alike: agents pin it with `tls: { ca: cert }` (`--tls-ca`),
+ * or accept anything with `tls: 'insecure'`.
  */
-export async function generateDevCertificate(hostnames: string[] = ['localhost']): Promise<{ cert: string; key: string; fingerprint: string }> {
-  const pems = await generate([{ name: 'commonName', value: hostnames[0] ?? 'localhost' }], {
+export async function generateDevCertificate(names: readonly string[] = LOOPBACK_NAMES): Promise<DevCertificate> {
+  const hosts = names.filter((name) => isIP(name) === 0);
+  const ips = names.filter((name) => isIP(name) !== 0);
+  const pems = await generate([{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }], {
     keyType: 'ec',
     algorithm: 'sha256',
     extensions: [
       {
         name: 'subjectAltName',
-        altNames: [...hostnames.map((value) => ({ type: 2 as const, value })), { type: 7 as const, ip: '127.0.0.1' }, { type: 7 as const, ip: '::1' }],
+        altNames: [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))],
       },
     ],
   });
   // selfsigned's own `fingerprint` is the SHA-1 one.
   return { cert: pems.cert, key: pems.private, fingerprint: new X509Certificate(pems.cert).fingerprint256 };
+}
+
+/**
+ * The certificate kept in `dir` (`relay.crt`, `relay.key`), or a new one for
+ * `names` written there (the key readable by its owner only), so that agents
+ * can pin it across restarts. A kept certificate that does not name all of
+ * `names` is an error: delete it to make a new one.
+ */
+export async function keptCertificate(dir: string, names: readonly string[]): Promise<DevCertificate & { certFile: string; created: boolean }> {
+  const certFile = join(dir, 'relay.crt');
+  const keyFile = join(dir, 'relay.key');
+  if (existsSync(certFile) && existsSync(keyFile)) {
+    const cert = readFileSync(certFile, 'utf8');
+    const x509 = new X509Certificate(cert);
+    const missing = names.filter((name) => (isIP(name) === 0 ? x509.checkHost(name) : x509.checkIP(name)) === undefined);
+    if (missing.length > 0) {
+      throw new InvalidOptionError('--tls-name', names.join(','), `names ${certFile} has (${x509.subjectAltName ?? 'none'}); delete it and its key to make one for ${missing.join(', ')}`);
+    }
+    return { cert, key: readFileSync(keyFile, 'utf8'), fingerprint: x509.fingerprint256, certFile, created: false };
+  }
+  const made = await generateDevCertificate(names);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(keyFile, made.key, { mode: 0o600 });
+  writeFileSync(certFile, made.cert, { mode: 0o644 });
+  return { ...made, certFile, created: true };
 }

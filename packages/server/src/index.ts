@@ -7,4 +7,4 @@ export * from '@pool/shared';
 export { Relay, type RelayOptions, type RelayReload, type RelayStats } from './relay.js';
 export { parseRelayConfig, ConfigError, type RelayConfig, type AgentConfig, type ServiceConfig } from './relay-config.js';
 export type { ServiceStats } from './public-service.js';
-export { generateDevCertificate } from './dev-cert.js';
+export { generateDevCertificate, keptCertificate, LOOPBACK_NAMES, type DevCertificate } from './dev-cert.js';

@@ -87,6 +87,8 @@ export interface RelayStats {
   claimRetries: number;
   /** Control channels replaced by a new one of the same agent (a restart, or someone else holding its token). */
   controlReplaced: number;
+  /** Control upgrades refused (a wrong token, not an agent, too old). */
+  controlRefused: number;
   /** Users waiting for a pooled connection right now. */
   waiting: number;
   /** Tunnels that ended in an error (reset, target unreachable, …). */
@@ -138,7 +140,9 @@ export class Relay extends ErrorCountingEmitter {
   readonly #listen: { host: string | undefined; port: number };
   readonly #userSockets = new Set<Socket>();
   readonly #claimTimeoutMs: number;
-  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, failed: 0 };
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, controlRefused: 0, failed: 0 };
+  /** Control refusals already logged at `warn`, by peer and reason. */
+  readonly #controlRefusalsLogged = new Set<string>();
   /** Agents a demand message is due to at the end of this turn of the event loop: a burst of users makes one each. */
   readonly #demandDue = new Set<string>();
   #controlPing: NodeJS.Timeout | undefined;
@@ -310,22 +314,41 @@ export class Relay extends ErrorCountingEmitter {
     socket.on('error', this.reportError);
     if (path !== CONTROL_PATH) return refuseUpgrade(socket, 404, 'not found');
     const decision = this.pool.admit(request);
-    if ('refused' in decision) return refuseUpgrade(socket, decision.refused, 'unauthorized');
+    const refuse = (status: number, reason: string): void => this.#refuseControl(request, socket, status, reason);
+    if ('refused' in decision) return refuse(decision.refused, decision.refused === 401 ? 'wrong or missing token' : 'not in the allowlist');
     const agent = this.#agents.agentOf(request, decision.client);
-    if (agent === undefined) return refuseUpgrade(socket, 403, 'not an agent of this relay, or not from where it may connect');
+    if (agent === undefined) return refuse(403, 'not an agent of this relay, or not from where it may connect');
     const name = request.headers[AGENT_NAME_HEADER];
-    if (typeof name === 'string' && name !== agent.name) return refuseUpgrade(socket, 401, `this token is not the token of agent ${name}`);
+    if (typeof name === 'string' && name !== agent.name) return refuse(401, `this token is not the token of agent ${name}`);
     // An agent names its instance with a UUID; a request without one is not an agent,
     // and must not take the control channel from the one that is.
     const instanceId = request.headers[AGENT_ID_HEADER];
-    if (typeof instanceId !== 'string' || !AGENT_ID_PATTERN.test(instanceId)) return refuseUpgrade(socket, 400, 'missing or malformed agent id');
+    if (typeof instanceId !== 'string' || !AGENT_ID_PATTERN.test(instanceId)) return refuse(400, 'missing or malformed agent id');
     const features = parseControlFeatures(request.headers[CONTROL_FEATURES_HEADER]);
-    if (!features.has('session')) return refuseUpgrade(socket, 400, 'this agent is too old: it does not take a session');
+    if (!features.has('session')) return refuse(400, 'this agent is too old: it does not take a session');
     const services = String(request.headers[SERVICES_HEADER] ?? DEFAULT_SERVICE).split(',').map((service) => service.trim()).filter(Boolean);
     this.#controlWss.handleUpgrade(request, socket, head, (ws) =>
       this.#adoptControl(agent, new ControlSession(ws, instanceId, features, services, this.reportError)),
     );
   };
+
+  /**
+   * Refuses a control upgrade, counted, and logged at `warn` the first time
+   * for a peer and reason, then at `debug` while that agent keeps retrying
+   * (a wrong token retries every second).
+   */
+  #refuseControl(request: IncomingMessage, socket: Duplex, status: number, reason: string): void {
+    this.#stats.controlRefused++;
+    const key = `${request.socket.remoteAddress} ${status} ${reason}`;
+    const repeated = this.#controlRefusalsLogged.has(key);
+    if (!repeated) {
+      // Bounded: a scan from many addresses must not grow it for ever.
+      if (this.#controlRefusalsLogged.size >= 1_000) this.#controlRefusalsLogged.clear();
+      this.#controlRefusalsLogged.add(key);
+    }
+    this.logger[repeated ? 'debug' : 'warn']({ status, remoteAddress: request.socket.remoteAddress }, `control channel refused: ${reason}`);
+    refuseUpgrade(socket, status, reason);
+  }
 
   #adoptControl(agent: AgentState, control: ControlSession): void {
     const { ws, agentId: instanceId } = control;

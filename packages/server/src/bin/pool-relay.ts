@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
-import { generateDevCertificate } from '../dev-cert.js';
+import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate } from '../dev-cert.js';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
 
@@ -19,6 +19,8 @@ async function main(): Promise<void> {
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
       'tls-key': { type: 'string', description: 'PEM private key file' },
+      'tls-name': { type: 'string', description: 'without --tls-cert: the names (hosts, IPs) the generated certificate is for, comma-separated', default: LOOPBACK_NAMES.join(',') },
+      'tls-dir': { type: 'string', description: 'without --tls-cert: keep the generated certificate here (relay.crt, relay.key) and reuse it across restarts, for agents to pin' },
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
@@ -41,15 +43,31 @@ async function main(): Promise<void> {
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
   if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
-  let tls: { cert: string | Buffer; key: string | Buffer } | undefined;
+  let tls: { cert: string | Buffer; key: string | Buffer; fingerprint?: string } | undefined;
   const certFiles = config?.tls ?? (flags['tls-cert'] || flags['tls-key'] ? { cert: flags['tls-cert'], key: flags['tls-key'] } : undefined);
   if (certFiles) {
     if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
     tls = { cert: readFileSync(String(certFiles.cert)), key: readFileSync(String(certFiles.key)) };
   } else if (!flags.plain) {
-    const dev = await generateDevCertificate();
-    tls = dev;
-    process.stdout.write(`${COMMAND} using a generated self-signed certificate (sha256 ${dev.fingerprint}); agents need --tls insecure\n`);
+    const names = String(flags['tls-name']).split(',').map((name) => name.trim()).filter(Boolean);
+    if (names.length === 0) throw new Error('--tls-name: give at least one host name or IP');
+    const dir = flags['tls-dir'] === undefined ? undefined : String(flags['tls-dir']);
+    if (dir === undefined) {
+      tls = await generateDevCertificate(names);
+      process.stdout.write(
+        `${COMMAND} using a self-signed certificate made for this run, for ${names.join(',')} (sha256 ${tls.fingerprint}); ` +
+          'agents need --tls insecure, or keep one with --tls-dir and pin it with --tls-ca\n',
+      );
+    } else {
+      const kept = await keptCertificate(dir, names);
+      tls = kept;
+      process.stdout.write(
+        `${COMMAND} using the self-signed certificate ${kept.created ? 'made and kept' : 'kept'} in ${kept.certFile}, for ${names.join(',')} ` +
+          `(sha256 ${kept.fingerprint}); agents pin it with --tls-ca (a copy of ${kept.certFile})\n`,
+      );
+    }
+  } else if (flags['tls-dir'] !== undefined) {
+    throw new Error('--plain and --tls-dir exclude each other');
   }
   const operations = new CliOperations(flags);
   if (allow === undefined && flags.token === undefined && config === undefined) {
@@ -61,7 +79,7 @@ async function main(): Promise<void> {
     ...(config && { agents: config.agents, services: config.services }),
     publicHost: String(flags['public-host']),
     publicPort: numberFlag(flags, 'public-port'),
-    tls,
+    tls: tls && { cert: tls.cert, key: tls.key },
     allow,
     token: flags.token === undefined ? undefined : String(flags.token),
     maxCap: numberFlag(flags, 'max-cap'),
@@ -74,8 +92,9 @@ async function main(): Promise<void> {
     logger: operations.logger,
   });
   relay.on('agent', (up: boolean, name: string) => process.stdout.write(`${COMMAND} agent ${name} ${up ? 'connected' : 'disconnected'}\n`));
-  await relay.start();
+  // First: a metrics port in use stops the relay before it listens for anyone.
   const metricsPort = await operations.serveMetrics();
+  await relay.start();
   const { port, publicPort, publicPorts } = relay.address();
   const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
   process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
@@ -102,7 +121,7 @@ async function main(): Promise<void> {
     () => operations.shutDown(relay),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );
