@@ -181,7 +181,10 @@ describe('recovery and bursts with the CLIs\' defaults', () => {
     await relay.waitForStatus((s) => s.idle === '1/256', 10_000);
     const payloads = Array.from({ length: 50 }, () => randomBytes(1024));
     const started = Date.now();
-    const echoed = await Promise.all(payloads.map((payload) => echoThrough(publicPort, payload)));
+    const echoed = await Promise.all(payloads.map((payload) => echoThrough(publicPort, payload))).catch((error: Error) => {
+      // What both processes said, for whoever has to find out why a user was turned away.
+      throw new Error(`${error.message}\nrelay:\n${relay.lines.slice(-20).join('\n')}\nagent:\n${agent.lines.slice(-40).join('\n')}`);
+    });
     const elapsed = Date.now() - started;
     expect(echoed).toEqual(payloads.map(sha256));
     const status = await agent.waitForStatus((s) => Number(s.finished) === 50, 5_000);

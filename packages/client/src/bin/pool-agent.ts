@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   const metricsPort = await operations.serveMetrics();
   agent.start();
   const serving = [...(flags.target === undefined ? [] : [`default=${String(flags.target)}`]), ...Object.entries(services).map(([name, target]) => `${name}=${target}`)];
-  process.stdout.write(`${COMMAND} started server=${String(flags.server)} services=${serving.join(',')}${metricsPort}\n`);
+  // Signals are handled from before the line that announces the start: whoever reads it may signal at once.
   runUntilSignal(
     COMMAND,
     () => operations.shutDown(agent),
@@ -79,6 +79,7 @@ async function main(): Promise<void> {
     },
     numberFlag(flags, 'status-interval'),
   );
+  process.stdout.write(`${COMMAND} started server=${String(flags.server)} services=${serving.join(',')}${metricsPort}\n`);
 }
 
 main().catch((error: unknown) => {

@@ -95,6 +95,16 @@ async function main(): Promise<void> {
   // First: a metrics port in use stops the relay before it listens for anyone.
   const metricsPort = await operations.serveMetrics();
   await relay.start();
+  // Signals are handled from before the line that announces readiness: whoever reads it may signal at once.
+  runUntilSignal(
+    COMMAND,
+    () => operations.shutDown(relay),
+    () => {
+      const s = relay.stats();
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
+    },
+    numberFlag(flags, 'status-interval'),
+  );
   const { port, publicPort, publicPorts } = relay.address();
   const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
   process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
@@ -116,15 +126,6 @@ async function main(): Promise<void> {
       );
     });
   }
-  runUntilSignal(
-    COMMAND,
-    () => operations.shutDown(relay),
-    () => {
-      const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
-    },
-    numberFlag(flags, 'status-interval'),
-  );
 }
 
 main().catch((error: unknown) => {
