@@ -17,6 +17,7 @@ import {
   CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
+  CONTROL_SILENCE_PERIODS,
   ControlMessageError,
   InvalidOptionError,
   TOKEN_HEADER,
@@ -219,7 +220,10 @@ export class Agent extends ErrorCountingEmitter {
   #connectControl(): void {
     const ws = new WebSocket(this.#controlUrl, this.#controlOptions);
     this.#control = ws;
-    let alive = true;
+    let lastHeard = performance.now();
+    const heard = (): void => {
+      lastHeard = performance.now();
+    };
     let opened = false;
     let refused = false;
     ws.on('error', (error: Error) => {
@@ -240,17 +244,17 @@ export class Agent extends ErrorCountingEmitter {
       this.logger.info({ relay: this.#controlUrl }, 'control channel connected');
       this.emit('control', true);
       if (this.#keepAliveMs > 0) {
+        // As the relay does: two periods of silence end the channel, and it reconnects.
         this.#pingTimer = setInterval(() => {
-          if (!alive) return ws.terminate();
-          alive = false;
-          ws.ping();
+          if (performance.now() - lastHeard >= CONTROL_SILENCE_PERIODS * this.#keepAliveMs) ws.terminate();
+          else ws.ping();
         }, this.#keepAliveMs);
       }
     });
-    ws.on('pong', () => {
-      alive = true;
-    });
+    ws.on('pong', heard);
+    ws.on('ping', heard);
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      heard();
       try {
         if (isBinary) throw new ControlMessageError('binary, expected JSON text');
         const message = decodeControl(data.toString());

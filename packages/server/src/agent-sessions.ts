@@ -12,6 +12,8 @@ export interface AgentState {
   /** The secret its pooled connections present, and the agent instance it was issued to. */
   session: { secret: Buffer; text: string; instanceId: string } | undefined;
   control: ControlSession | undefined;
+  /** Users' claims waiting for this agent's control channel to come back. */
+  readonly controlWaiters: Set<() => void>;
   /** Services it declared that the relay's configuration gives it. */
   services: ReadonlySet<string>;
 }
@@ -36,7 +38,7 @@ export class AgentSessions {
       const allowlist = allow === undefined ? undefined : parseAllowlist(allow);
       const known = this.#agentByName.get(name);
       if (known) known.allowlist = allowlist;
-      else this.#agentByName.set(name, { name, allowlist, session: undefined, control: undefined, services: new Set() });
+      else this.#agentByName.set(name, { name, allowlist, session: undefined, control: undefined, controlWaiters: new Set(), services: new Set() });
     }
     return gone;
   }

@@ -14,8 +14,8 @@ export class ControlSession {
   readonly features: ReadonlySet<ControlFeature>;
   /** The services the agent says it serves. */
   readonly services: readonly string[];
-  /** Answered our last ping (or just connected). */
-  alive = true;
+  /** When the agent was last heard: a message, a ping or a pong (`performance.now()`, ms). */
+  lastHeard = performance.now();
   readonly #claimWaits = new Map<string, PendingGet<void>>();
   readonly #ended = new AbortController();
 
@@ -29,10 +29,13 @@ export class ControlSession {
     this.services = services;
     // Every user waiting on this agent listens: thousands in a burst, by design.
     setMaxListeners(0, this.#ended.signal);
-    ws.on('pong', () => {
-      this.alive = true;
-    });
+    const heard = (): void => {
+      this.lastHeard = performance.now();
+    };
+    ws.on('pong', heard);
+    ws.on('ping', heard);
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      heard();
       let message: ControlMessage | undefined;
       try {
         message = isBinary ? undefined : decodeControl(data.toString());

@@ -10,6 +10,7 @@ import {
   CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
+  CONTROL_SILENCE_PERIODS,
   DEFAULT_SERVICE,
   PoolClosedError,
   SERVICES_HEADER,
@@ -79,7 +80,7 @@ export interface RelayStats {
   open: number;
   /** User connections closed because no pooled connection came within `getTimeout`. */
   noConnection: number;
-  /** User connections closed because the service's agent was not on its control channel, or left while they waited. */
+  /** User connections closed because the service's agent was not on its control channel (and did not come back within `getTimeout`). */
   noAgent: number;
   /** Users who left while waiting for a pooled connection. */
   departed: number;
@@ -373,6 +374,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#acceptServices(agent, control.services);
     this.logger.info({ agent: agent.name, instanceId, services: [...agent.services], restarted: session.renewed && previous !== undefined }, 'agent connected');
     this.emit('agent', true, agent.name);
+    for (const waiter of [...agent.controlWaiters]) waiter();
     if (this.pool.Waiting(agent.name) > 0) this.#scheduleDemand(agent.name);
   }
 
@@ -416,15 +418,13 @@ export class Relay extends ErrorCountingEmitter {
     });
   }
 
+  /** Once per keep-alive period: pings each control channel, and ends one that has been silent for too long. */
   readonly #pingControls = (): void => {
+    const now = performance.now();
     for (const { control } of this.#agents.all()) {
       if (!control) continue;
-      if (!control.alive) {
-        control.ws.terminate();
-        continue;
-      }
-      control.alive = false;
-      control.ws.ping();
+      if (now - control.lastHeard >= CONTROL_SILENCE_PERIODS * this.#keepAliveMs) control.ws.terminate();
+      else control.ws.ping();
     }
   };
 
@@ -476,45 +476,53 @@ export class Relay extends ErrorCountingEmitter {
     const deadline = performance.now() + this.#getTimeoutMs;
     const { proxyProtocol } = service.config;
     for (;;) {
-      const control = agent.control;
-      if (!control) return 'noAgent';
       const remaining = deadline - performance.now();
-      if (remaining <= 0) return 'noConnection';
-      // Stops when the user leaves, and when the agent this user waits on goes.
-      const stop = new AbortController();
-      const abort = (): void => stop.abort();
-      userLeft.addEventListener('abort', abort);
-      control.ended.addEventListener('abort', abort);
+      // Why this user gets nothing: its agent gone, or no connection in time.
+      const missing = (): NoTunnel => (userLeft.aborted ? 'departed' : agent.control ? 'noConnection' : 'noAgent');
+      if (remaining <= 0) return missing();
+      let incoming: IncomingConnection;
       try {
-        let incoming: IncomingConnection;
-        try {
-          incoming = await this.pool.IncomingGet(remaining, { signal: stop.signal, client: agent.name });
-        } catch {
-          return userLeft.aborted ? 'departed' : control.ended.aborted ? 'noAgent' : 'noConnection';
-        }
-        // The control channel of now, not of before the wait: the agent may have reconnected meanwhile.
-        const current = agent.control;
-        if (current === undefined || current.ended.aborted) {
-          incoming.conn.destroy();
-          return 'noAgent';
-        }
-        const order = {
-          service: service.config.name,
-          ...(proxyProtocol && {
-            proxy: proxyProtocol,
-            source: { address: user.remoteAddress ?? '', port: user.remotePort ?? 0 },
-            destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
-          }),
-        };
-        if (await current.order(incoming.conn, order, Math.min(this.#claimTimeoutMs, remaining), userLeft)) return incoming;
-        incoming.conn.destroy();
-        if (userLeft.aborted) return 'departed';
-        this.#stats.claimRetries++;
-      } finally {
-        userLeft.removeEventListener('abort', abort);
-        control.ended.removeEventListener('abort', abort);
+        incoming = await this.pool.IncomingGet(remaining, { signal: userLeft, client: agent.name });
+      } catch {
+        return missing();
       }
+      // The control channel of now, not of before the wait. One that dropped gets until
+      // the user's deadline to come back: an agent reconnects within a second, same session.
+      const control = await this.#controlOf(agent, deadline - performance.now(), userLeft);
+      if (control === undefined) {
+        incoming.conn.destroy();
+        return missing();
+      }
+      const order = {
+        service: service.config.name,
+        ...(proxyProtocol && {
+          proxy: proxyProtocol,
+          source: { address: user.remoteAddress ?? '', port: user.remotePort ?? 0 },
+          destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
+        }),
+      };
+      const claimWindow = Math.max(1, Math.min(this.#claimTimeoutMs, deadline - performance.now()));
+      if (await control.order(incoming.conn, order, claimWindow, userLeft)) return incoming;
+      incoming.conn.destroy();
+      if (userLeft.aborted) return 'departed';
+      this.#stats.claimRetries++;
     }
+  }
+
+  /** The agent's control channel; when it has none, waits for one up to `timeoutMs` (or until the user leaves). */
+  #controlOf(agent: AgentState, timeoutMs: number, userLeft: AbortSignal): Promise<ControlSession | undefined> {
+    if (agent.control || timeoutMs <= 0 || userLeft.aborted) return Promise.resolve(agent.control);
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        agent.controlWaiters.delete(done);
+        userLeft.removeEventListener('abort', done);
+        resolve(agent.control);
+      };
+      const timer = setTimeout(done, timeoutMs);
+      agent.controlWaiters.add(done);
+      userLeft.addEventListener('abort', done);
+    });
   }
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {

@@ -32,9 +32,9 @@ async function startRelay(options: RelayOptions = {}): Promise<{ relay: Relay; p
  * A control channel as an agent opens one; `orders` collects what the relay
  * sends on it after the session, whose secret `session` holds.
  */
-async function scriptedAgent(port: number, features = 'claimed,demand,session'): Promise<{ control: WebSocket; orders: ControlMessage[]; session: string }> {
+async function scriptedAgent(port: number, features = 'claimed,demand,session', agentId = randomUUID()): Promise<{ control: WebSocket; orders: ControlMessage[]; session: string }> {
   const control = new WebSocket(`ws://127.0.0.1:${port}/control`, {
-    headers: { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': features },
+    headers: { 'x-pool-agent-id': agentId, 'x-pool-control-features': features },
   });
   const orders: ControlMessage[] = [];
   const session = new Promise<string>((resolve) => {
@@ -155,8 +155,29 @@ describe('Relay: connect orders', () => {
     expect(orders.filter((order) => order.type === 'demand')).toEqual([]);
   });
 
-  it('users waiting on an agent whose control channel closes are dropped at once', async () => {
+  it('a user waiting on an agent whose control channel drops is served when it comes back, within getTimeout', async () => {
     const { relay, port, publicPort } = await startRelay();
+    const agentId = randomUUID();
+    const first = await scriptedAgent(port, 'claimed,demand,session', agentId);
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => relay.stats().waiting === 1, 'the user to queue');
+    first.control.terminate();
+    await until(() => !relay.stats().agentConnected, 'the relay to see the agent go');
+    await sleep(200);
+    // The same agent process reconnects: the same session, so its connections are good.
+    const again = await scriptedAgent(port, 'claimed,demand,session', agentId);
+    expect(again.session).toBe(first.session);
+    const conn = await pooled(port, again.session);
+    await until(() => again.orders.some((order) => order.type === 'connect'), 'the connect order on the new channel');
+    again.control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
+    const [data] = (await once(conn, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    expect(relay.stats().noAgent).toBe(0);
+  });
+
+  it('a user waiting on an agent that does not come back is refused at getTimeout, counted as no agent', async () => {
+    const { relay, port, publicPort } = await startRelay({ getTimeout: 500 });
     const { control } = await scriptedAgent(port);
     const socket = await user(publicPort);
     await until(() => relay.stats().waiting === 1, 'the user to queue');
@@ -164,7 +185,7 @@ describe('Relay: connect orders', () => {
     const leftAt = performance.now();
     control.terminate();
     await dropped;
-    expect(performance.now() - leftAt).toBeLessThan(500);
+    expect(performance.now() - leftAt).toBeLessThan(1_000);
     expect(relay.stats().noAgent).toBe(1);
   });
 });

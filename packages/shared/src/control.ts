@@ -9,6 +9,12 @@ import { isValidId } from './id.js';
  */
 export const CONTROL_PATH = '/control';
 export const CONTROL_VERSION = 1;
+/**
+ * Keep-alive periods of silence (no message, ping or pong) after which either
+ * end of a control channel ends it (the agent then reconnects): a margin
+ * that a relay or agent busy with a burst does not exhaust.
+ */
+export const CONTROL_SILENCE_PERIODS = 2;
 /** Largest control message accepted, in bytes. */
 export const CONTROL_MAX_BYTES = 4 * 1024;
 /** Upgrade header naming the agent instance, so a relay can tell a restart from a reconnect. */

@@ -1,5 +1,6 @@
 import type WebSocket from 'ws';
 import { KeepAliveTimeoutError } from './errors.js';
+import { rawSocketOf } from './pool-conn.js';
 
 /** What the sweeper needs of a connection: an idle pooled one, or a PoolConn. */
 export interface Pingable {
@@ -49,6 +50,8 @@ interface Liveness {
   lastHeard: number;
   /** We pinged it since. */
   pinged: boolean;
+  /** The socket's `bytesRead` at the last sweep: bytes arriving prove the peer alive as well as a pong. */
+  bytesRead: number;
 }
 
 /**
@@ -60,7 +63,9 @@ interface Liveness {
  * a period is pinged; one silent for a period and a half is destroyed with
  * `ERR_KEEPALIVE_TIMEOUT`, so a dead peer is caught within two periods,
  * whatever the phase. A ping from the peer counts as hearing it, so when both
- * ends sweep, each connection carries about one ping per period. Only track
+ * ends sweep, each connection carries about one ping per period; so does any
+ * byte read from the socket since the last sweep, so that a tunnel busy
+ * under load is never judged on a pong that waits behind its data. Only track
  * connections whose peer negotiated keep-alive: a Go npws peer does not
  * answer pings on idle connections.
  */
@@ -98,7 +103,7 @@ export class KeepAliveSweeper {
     if (this.#periodMs === 0 || this.#livenessByWebSocket.has(ws)) return;
     ws.on('pong', this.#onHeard);
     ws.on('ping', this.#onHeard);
-    this.#livenessByWebSocket.set(ws, { target, lastHeard: performance.now(), pinged: false });
+    this.#livenessByWebSocket.set(ws, { target, lastHeard: performance.now(), pinged: false, bytesRead: rawSocketOf(ws).bytesRead });
     if (this.#timer === undefined) this.#startTimer();
   }
 
@@ -141,7 +146,13 @@ export class KeepAliveSweeper {
       const { target } = liveness;
       if (!target.transportOpen) continue;
       const paused = target.webSocket.isPaused;
-      if (paused) liveness.lastHeard = now;
+      // A busy tunnel whose pong queues behind its data is heard through its data.
+      const { bytesRead } = rawSocketOf(target.webSocket);
+      if (paused || bytesRead !== liveness.bytesRead) {
+        liveness.lastHeard = now;
+        liveness.pinged = false;
+      }
+      liveness.bytesRead = bytesRead;
       switch (livenessAction((now - liveness.lastHeard) / this.#periodMs, paused, liveness.pinged)) {
         case 'destroy':
           this.untrack(target);
