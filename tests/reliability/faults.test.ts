@@ -164,8 +164,10 @@ describe('faults between agent and relay', () => {
       // A user arriving now is closed (the control channel, black-holed too, is
       // gone as well): never spliced to a dead pooled connection.
       const refused = (s: Record<string, string>): number => Number(s['no-connection']) + Number(s['no-agent']);
-      const refusedBefore = refused(relay.latestStatus()!);
-      const acceptedBefore = Number(relay.latestStatus()!.accepted);
+      // Counted once every user of the hole has gone: a status line may lag the last of them.
+      const settled = await relay.waitForStatus((s) => s.open === '0' && s.waiting === '0', 3_000);
+      const refusedBefore = refused(settled);
+      const acceptedBefore = Number(settled.accepted);
       const user = connect(ports.publicPort, '127.0.0.1');
       user.on('error', () => {});
       await new Promise((resolve) => user.once('close', resolve));

@@ -486,6 +486,8 @@ export class Relay extends ErrorCountingEmitter {
       } catch {
         return missing();
       }
+      // Until it is spliced, a connection that breaks only fails its order (on 'transportClose'): its error is ours to swallow.
+      incoming.conn.on('error', () => {});
       // The control channel of now, not of before the wait. One that dropped gets until
       // the user's deadline to come back: an agent reconnects within a second, same session.
       const control = await this.#controlOf(agent, deadline - performance.now(), userLeft);
