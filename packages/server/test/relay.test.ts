@@ -141,6 +141,24 @@ describe('Relay: connect orders', () => {
     expect(relay.stats().claimRetries).toBe(1);
   });
 
+  it('a pooled connection reset while its order waits for the claim fails that order only: the relay survives and tries another', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 1_000 });
+    const { control, orders, session } = await scriptedAgent(port);
+    const doomed = await pooled(port, session);
+    await until(() => relay.pool.Active() === 1, 'a pooled connection');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
+    // The transport breaks under the relay's end before the agent claims it (a 1006, an 'error' on that end).
+    (doomed.webSocket as unknown as { _socket: Socket })._socket.resetAndDestroy();
+    const second = await pooled(port, session);
+    await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the next connection');
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
+    const [data] = (await once(second, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    expect(relay.stats().claimRetries).toBe(1);
+  });
+
   it('an agent without the claimed feature is not timed: its order is spliced at once, as before', async () => {
     const { relay, port, publicPort } = await startRelay({ claimTimeout: 50 });
     const { orders, session } = await scriptedAgent(port, 'session');
