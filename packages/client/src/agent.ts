@@ -238,6 +238,7 @@ export class Agent extends ErrorCountingEmitter {
     });
     ws.on('open', () => {
       opened = true;
+      heard();
       this.#lastControlFailure = undefined;
       this.#stats.controlConnects++;
       this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
@@ -296,13 +297,9 @@ export class Agent extends ErrorCountingEmitter {
     const code = (error as { code?: string }).code ?? error.message;
     const repeated = this.#lastControlFailure === code;
     this.#lastControlFailure = code;
-    if (repeated) {
-      this.forwardError(error);
-      this.logger.debug({ err: error, relay: this.#controlUrl }, 'control channel still failing');
-      return;
-    }
     this.forwardError(error);
-    this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}; retrying every second at most`);
+    if (repeated) this.logger.debug({ err: error, relay: this.#controlUrl }, 'control channel still failing');
+    else this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}; retrying every second at most`);
   }
 
   /**
