@@ -17,6 +17,7 @@ import { TargetServers } from '../helpers/tunnel.js';
 
 const EAST_TOKEN = 'east-secret-0123456789abcdef';
 const WEST_TOKEN = 'west-secret-0123456789abcdef';
+const ROTATED_EAST_TOKEN = 'east-rotated-0123456789abcdef';
 const targets = new TargetServers();
 const processes: CliProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'pool-multi-'));
@@ -67,10 +68,10 @@ function proxyService(name: string, version: 'v1' | 'v2'): Server {
   });
 }
 
-function config(services: string): string {
+function config(services: string, eastToken = '${EAST_TOKEN}'): string {
   return `listen: 127.0.0.1:0
 agents:
-  east: { token: "\${EAST_TOKEN}" }
+  east: { token: "${eastToken}" }
   west: { token: "${WEST_TOKEN}" }
 services:
 ${services}`;
@@ -289,7 +290,7 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
   - { name: ssh, agent: west, public: "127.0.0.1:${portOf.ssh}" }
   - { name: mail, agent: west, public: "127.0.0.1:${portOf.mail}" }
   - { name: extra, agent: west, public: "127.0.0.1:${extraPort}" }
-`),
+`, ROTATED_EAST_TOKEN),
     );
     relay.child.kill('SIGHUP');
     await relay.waitFor(/reloaded services=.*extra:/, 10_000);
@@ -310,6 +311,10 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
       }),
     );
     for (const { socket } of tunnels) socket.destroy();
+    // East's token was rotated: new connections need the new one; the open control channel went on.
+    const asEast = (token: string): Record<string, string> => ({ 'x-pool-token': token, 'x-pool-agent-id': '11111111-1111-4111-8111-111111111111', 'x-pool-control-features': 'session' });
+    expect(await upgradeStatus('/control', asEast(EAST_TOKEN))).toBe(401);
+    expect(await upgradeStatus('/control', asEast(ROTATED_EAST_TOKEN))).toBe(101);
     // The new service works once its agent serves it.
     const westAgain = startAgent('west', WEST_TOKEN, { ssh: targetOf.ssh!, mail: targetOf.mail!, extra: extraTarget });
     await westAgain.waitFor(/control connected/, 10_000);
