@@ -3,9 +3,9 @@ import type { WebSocket } from 'ws';
 import { PendingGet, PoolClosedError, decodeControl, encodeControl, type ConnectMessage, type ControlFeature, type ControlMessage, type PoolConn } from '@pool/shared';
 
 /**
- * One agent's control channel, from its upgrade until it closes: the orders
- * sent on it that wait for the agent's `claimed`, and a signal that aborts
- * when it goes, so that users waiting on this agent stop at once.
+ * One agent's control channel, from its upgrade until it closes: when the
+ * agent was last heard, and the orders sent on it that wait for the agent's
+ * `claimed` (they fail at once when the channel closes).
  */
 export class ControlSession {
   readonly ws: WebSocket;
@@ -27,7 +27,7 @@ export class ControlSession {
     this.agentId = agentId;
     this.features = features;
     this.services = services;
-    // Every user waiting on this agent listens: thousands in a burst, by design.
+    // Every order waiting for its claim listens: thousands in a burst, by design.
     setMaxListeners(0, this.#ended.signal);
     const heard = (): void => {
       this.lastHeard = performance.now();
@@ -49,11 +49,6 @@ export class ControlSession {
       ws.close(1003, 'the relay expects only claimed messages');
     });
     ws.once('close', () => this.#ended.abort());
-  }
-
-  /** Aborts once the channel has closed. */
-  get ended(): AbortSignal {
-    return this.#ended.signal;
   }
 
   send(message: ControlMessage): void {

@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { HALF_CLOSE_HEADER, HALF_CLOSE_VALUE, KEEPALIVE_HEADER, KEEPALIVE_VALUE } from './protocol.js';
+import { END_OF_STREAM, HALF_CLOSE_HEADER, HALF_CLOSE_VALUE, KEEPALIVE_HEADER, KEEPALIVE_VALUE } from './protocol.js';
 
 /**
  * Extensions a pooled connection negotiated on its upgrade: the client offers
@@ -37,4 +37,10 @@ export function negotiated(headers: IncomingHttpHeaders, ours: Extensions): Exte
 /** Server: the 101-response header lines that confirm `agreed`. */
 export function confirmHeaderLines(agreed: Extensions): string[] {
   return HEADERS.filter(([name]) => agreed[name]).map(([, header, value]) => `${header}: ${value}`);
+}
+
+/** Whether a text message is the in-band end-of-stream of a connection that negotiated half-close. */
+export function isEndOfStream(extensions: Extensions, text: Buffer): boolean {
+  // Length first: a hostile peer's 16 MiB text message is not turned into a string.
+  return extensions.halfClose && text.length === END_OF_STREAM.length && text.toString() === END_OF_STREAM;
 }

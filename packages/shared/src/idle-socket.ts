@@ -1,8 +1,8 @@
 import WebSocket from 'ws';
 import { ProtocolError } from './errors.js';
 import { PoolConn } from './pool-conn.js';
-import type { Extensions } from './extensions.js';
-import { CLOSE_UNSUPPORTED_DATA, END_OF_STREAM } from './protocol.js';
+import { isEndOfStream, type Extensions } from './extensions.js';
+import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
 
 /** Bytes kept for the claimer of an idle connection before its socket is paused (backpressure). */
 const IDLE_BUFFER_BYTES = 64 * 1024;
@@ -67,7 +67,7 @@ export class IdleSocket {
   receive(data: Buffer, isBinary: boolean): boolean {
     if (this.#ended) return false;
     if (!isBinary) {
-      this.#ended = this.extensions.halfClose && data.toString() === END_OF_STREAM;
+      this.#ended = isEndOfStream(this.extensions, data);
       return this.#ended;
     }
     this.#keep(data);

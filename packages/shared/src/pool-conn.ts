@@ -4,7 +4,7 @@ import { TLSSocket, type DetailedPeerCertificate, type PeerCertificate } from 'n
 import type { CipherNameAndProtocol } from 'node:tls';
 import WebSocket from 'ws';
 import { ConnectionClosedError, ProtocolError, TransportClosedError } from './errors.js';
-import { NO_EXTENSIONS, type Extensions } from './extensions.js';
+import { NO_EXTENSIONS, isEndOfStream, type Extensions } from './extensions.js';
 import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, END_OF_STREAM, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
 
 const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
@@ -277,7 +277,7 @@ export class PoolConn extends Duplex {
   readonly #onMessage = (data: Buffer, isBinary: boolean): void => {
     if (this.#endReceived) return this.#breakProtocol('the peer sent a message after its end-of-stream');
     if (!isBinary) {
-      if (this.extensions.halfClose && data.toString() === END_OF_STREAM) this.#receiveEnd();
+      if (isEndOfStream(this.extensions, data)) this.#receiveEnd();
       else this.#breakProtocol('the peer sent a text message; only binary messages carry the stream');
       return;
     }
