@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** Bytes kept from a queued user before its socket is paused (and its departure goes unseen until it is served). */
-export const QUEUED_USER_BUFFER_BYTES = 64 * 1024;
+const QUEUED_USER_BUFFER_BYTES = 64 * 1024;
 
 /**
  * A user connection waiting for a pooled connection. A paused socket would

@@ -10,7 +10,7 @@ export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS
 export { PendingGet, type GetOptions } from './pending-get.js';
 export { IdleConnections } from './idle-connections.js';
 export * from './control.js';
-export { splice, LINGER_MS, type SpliceResult } from './splice.js';
+export { splice, type SpliceResult } from './splice.js';
 export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, MS_RANGE, PORT_RANGE, type FlagSpec, type FlagValues } from './cli.js';
 export { ErrorCountingEmitter } from './error-counting-emitter.js';
 export { ConnectionTracker, percentile, type ConnectionState, type OpenState, type ConnectionTrackerOptions, type Lifecycle, type TrackerStats, type AddressOccupancy } from './connection-tracker.js';
