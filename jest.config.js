@@ -7,6 +7,8 @@ export default {
   extensionsToTreatAsEsm: ['.ts'],
   moduleNameMapper: {
     '^@pool/(shared|server|client)$': '<rootDir>/packages/$1/src/index.ts',
+    '^@pool/shared/internal$': '<rootDir>/packages/shared/src/internal.ts',
+    '^@pool/shared/cli$': '<rootDir>/packages/shared/src/cli/index.ts',
     '^(\\.{1,2}/.*)\\.js$': '$1',
   },
   transform: {

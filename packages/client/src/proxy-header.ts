@@ -1,5 +1,5 @@
 import { isIPv4, isIPv6 } from 'node:net';
-import { InvalidOptionError, type Endpoint } from '@pool/shared';
+import { InvalidOptionError, type Endpoint } from '@pool/shared/internal';
 
 /** The 12-byte signature that opens every PROXY protocol v2 header. */
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);

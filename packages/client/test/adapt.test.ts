@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { nextCapacity, nextInterval, outageInterval } from '@pool/client';
+import { nextCapacity, nextInterval, outageInterval } from '../src/adapt.js';
 
 const bounds = { minInterval: 500, maxInterval: 5_000 };
 

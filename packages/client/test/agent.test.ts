@@ -3,7 +3,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { Agent, parseHostPort } from '@pool/client';
+import { Agent } from '@pool/client';
+import { parseHostPort } from '../src/agent.js';
 import { closeServer } from '../../../tests/helpers/ws-pair.js';
 
 describe('parseHostPort', () => {

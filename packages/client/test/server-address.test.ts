@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { resolveRelayTarget } from '@pool/client';
+import { resolveRelayTarget } from '../src/server-address.js';
 
 describe('resolveRelayTarget', () => {
   it.each<[string, Parameters<typeof resolveRelayTarget>[1], string, boolean | undefined]>([

@@ -1,7 +1,7 @@
 import type { IncomingMessage, Server } from 'node:http';
 import { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
-import { TOKEN_HEADER } from '@pool/shared';
+import { TOKEN_HEADER } from '@pool/shared/internal';
 import { normalizeAddress, type Allowlist } from './allowlist.js';
 import { matchToken, type TokenEntry } from './token.js';
 

@@ -1,6 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { SESSION_HEADER } from '@pool/shared';
+import { SESSION_HEADER } from '@pool/shared/internal';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 import type { ControlSession } from './control-session.js';
 

@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
-import { PendingGet, PoolClosedError, decodeControl, encodeControl, type ConnectMessage, type ControlFeature, type ControlMessage, type PoolConn } from '@pool/shared';
+import { PoolClosedError, type PoolConn, PendingGet, decodeControl, encodeControl, type ConnectMessage, type ControlFeature, type ControlMessage } from '@pool/shared/internal';
 
 /**
  * One agent's control channel, from its upgrade until it closes: when the

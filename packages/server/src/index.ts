@@ -1,10 +1,7 @@
 export { ServerPool, DEFAULT_BACKLOG, type ServerPoolOptions, type ServerPoolSettings, type IncomingConnection, type IncomingGetOptions } from './server-pool.js';
-export { ClientGroups, type ClientGroup } from './client-groups.js';
-export { admit, type AdmissionPolicy, type AdmissionDecision } from './admission.js';
-export { parseAllowlist, normalizeAddress, type Allowlist } from './allowlist.js';
-export { tokensEqual, parseTokens, matchToken, type TokenEntry } from './token.js';
-export * from '@pool/shared';
+export type { ClientGroup } from './client-groups.js';
 export { Relay, type RelayOptions, type RelayReload, type RelayStats } from './relay.js';
 export { parseRelayConfig, ConfigError, type RelayConfig, type AgentConfig, type ServiceConfig } from './relay-config.js';
 export type { ServiceStats } from './public-service.js';
 export { generateDevCertificate, keptCertificate, LOOPBACK_NAMES, type DevCertificate } from './dev-cert.js';
+export * from '@pool/shared';

@@ -1,5 +1,5 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { listen } from '@pool/shared';
+import { listen } from '@pool/shared/internal';
 import type { ServiceConfig } from './relay-config.js';
 
 /** Counters of one service since the relay started. */

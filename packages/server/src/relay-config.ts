@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { parse } from 'yaml';
-import { NAME_PATTERN, PoolError } from '@pool/shared';
+import { PoolError, NAME_PATTERN } from '@pool/shared/internal';
 import { parseAllowlist } from './allowlist.js';
 
 /** One agent the relay serves: its secret, and where it may connect from. */

@@ -3,24 +3,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import {
-  ErrorCountingEmitter,
-  AGENT_ID_HEADER,
-  AGENT_NAME_HEADER,
-  CONTROL_FEATURES_HEADER,
-  CONTROL_MAX_BYTES,
-  CONTROL_PATH,
-  CONTROL_SILENCE_PERIODS,
-  DEFAULT_SERVICE,
-  PoolClosedError,
-  SERVICES_HEADER,
-  checkInt,
-  checkMs,
-  listen,
-  parseControlFeatures,
-  type DrainResult,
-  splice,
-} from '@pool/shared';
+import { PoolClosedError, type DrainResult, splice, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, DEFAULT_SERVICE, SERVICES_HEADER, checkInt, checkMs, listen, parseControlFeatures } from '@pool/shared/internal';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { AgentSessions, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { normalizeAddress, parseAllowlist, tokensEqual } from '@pool/server';
+import { normalizeAddress, parseAllowlist } from '../src/allowlist.js';
+import { tokensEqual } from '../src/token.js';
 
 describe('parseAllowlist', () => {
   it.each([

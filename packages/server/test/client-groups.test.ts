@@ -1,5 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { ClientGroups, parseTokens, matchToken } from '@pool/server';
+import { ClientGroups } from '../src/client-groups.js';
+import { parseTokens, matchToken } from '../src/token.js';
 
 function recorder(): { events: string[]; groups: ClientGroups } {
   const events: string[] = [];

@@ -5,7 +5,8 @@ import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { Relay, type RelayOptions } from '@pool/server';
-import { offerHeaders, type ControlMessage, type Extensions, type PoolConn } from '@pool/shared';
+import { type Extensions, type PoolConn } from '@pool/shared';
+import { offerHeaders, type ControlMessage } from '@pool/shared/internal';
 import { dialPool } from '../../../tests/helpers/raw-http.js';
 import { hashUntilEnd, nextEvent } from '../../../tests/helpers/streams.js';
 

@@ -1,20 +1,15 @@
-export * from './errors.js';
-export { ID_BYTES, isValidId, parseId, idToBytes, generateId } from './id.js';
-export { checkMs, checkInt, checkOrdered } from './options.js';
-export * from './protocol.js';
-export { NO_EXTENSIONS, offerHeaders, negotiated, confirmHeaderLines, type Extensions } from './extensions.js';
-export { PoolConn, rawSocketOf, type PoolConnOptions } from './pool-conn.js';
-export { sendId, sendIdFrame, receiveId, receiveIdle, upgradeRejection } from './handshake.js';
-export { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
-export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS, DEAD_AFTER_PERIODS, type LivenessAction, type Pingable } from './keep-alive.js';
-export { PendingGet, type GetOptions } from './pending-get.js';
-export { IdleConnections } from './idle-connections.js';
-export * from './control.js';
-export { splice, type SpliceResult } from './splice.js';
-export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, MS_RANGE, PORT_RANGE, type FlagSpec, type FlagValues } from './cli.js';
-export { ErrorCountingEmitter } from './error-counting-emitter.js';
-export { ConnectionTracker, percentile, type ConnectionState, type OpenState, type ConnectionTrackerOptions, type Lifecycle, type TrackerStats, type AddressOccupancy } from './connection-tracker.js';
-export { LeasedConnections, drainPool, type LeasedBytes, type DrainResult, type Drainable } from './leased-connections.js';
-export { PoolMetrics, outcomeOf, type MetricsOptions, type MetricsSource } from './metrics.js';
-export { silentLogger, type Logger } from './logger.js';
-export { listen } from './listen.js';
+// The application-facing surface shared by @pool/server and @pool/client:
+// typed errors, connection IDs, the PoolConn stream and what describes it.
+// Pool mechanics live behind `@pool/shared/internal`, CLI support behind
+// `@pool/shared/cli`; neither is part of the public API.
+export * from './core/errors.js';
+export { ID_BYTES, isValidId, parseId, idToBytes, generateId } from './wire/id.js';
+export { NO_EXTENSIONS, type Extensions } from './wire/extensions.js';
+export { PoolConn, type PoolConnOptions } from './wire/pool-conn.js';
+export { sendId, receiveId } from './wire/handshake.js';
+export { splice, type SpliceResult } from './pool/splice.js';
+export type { GetOptions } from './pool/pending-get.js';
+export type { DrainResult } from './pool/leased-connections.js';
+export type { ConnectionTracker, ConnectionState, TrackerStats, Lifecycle, AddressOccupancy } from './observability/connection-tracker.js';
+export type { MetricsOptions } from './observability/metrics.js';
+export { silentLogger, type Logger } from './observability/logger.js';

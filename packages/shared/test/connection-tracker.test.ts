@@ -1,5 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { ConnectionTracker, percentile, type ConnectionState } from '@pool/shared';
+import type { ConnectionState } from '@pool/shared';
+import { ConnectionTracker, percentile } from '@pool/shared/internal';
 
 /** A tracker on a clock the test moves by hand. */
 function trackerAt(start = 1_000): { tracker: ConnectionTracker; advance: (ms: number) => void } {

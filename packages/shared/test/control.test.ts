@@ -1,5 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { CONTROL_MAX_BYTES, decodeControl, encodeControl, envNameOf, parseCommandLine, parseControlFeatures } from '@pool/shared';
+import { CONTROL_MAX_BYTES, decodeControl, encodeControl, parseControlFeatures } from '@pool/shared/internal';
+import { envNameOf, parseCommandLine } from '@pool/shared/cli';
 
 describe('control messages', () => {
   it('round-trips a connect order', () => {

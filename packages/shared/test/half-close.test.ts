@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import { END_OF_STREAM, IdleSocket, NO_EXTENSIONS, confirmHeaderLines, negotiated, offerHeaders, type Extensions } from '@pool/shared';
+import { NO_EXTENSIONS, type Extensions } from '@pool/shared';
+import { END_OF_STREAM, IdleSocket, confirmHeaderLines, negotiated, offerHeaders } from '@pool/shared/internal';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 import { closed, hashUntilEnd, nextEvent, writeRandom } from '../../../tests/helpers/streams.js';
 

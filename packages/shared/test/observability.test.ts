@@ -1,5 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
-import { ConnectionClosedError, PoolTimeoutError, createLineLogger, outcomeOf } from '@pool/shared';
+import { ConnectionClosedError, PoolTimeoutError } from '@pool/shared';
+import { outcomeOf } from '@pool/shared/internal';
+import { createLineLogger } from '@pool/shared/cli';
 
 describe('outcomeOf: a bounded label for an error', () => {
   it.each([

@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { PendingGet } from '@pool/shared';
+import { PendingGet } from '@pool/shared/internal';
 
 describe('PendingGet', () => {
   it('rejects with ERR_POOL_TIMEOUT at the timeout and reports giving up once', async () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
 

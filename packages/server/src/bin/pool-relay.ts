@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared';
+import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate } from '../dev-cert.js';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';

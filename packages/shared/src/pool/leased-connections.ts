@@ -1,7 +1,7 @@
 import type { IdleConnections } from './idle-connections.js';
 import type { KeepAliveSweeper } from './keep-alive.js';
-import type { Logger } from './logger.js';
-import type { PoolConn } from './pool-conn.js';
+import type { Logger } from '../observability/logger.js';
+import type { PoolConn } from '../wire/pool-conn.js';
 
 /** Payload bytes moved through a pool's leased connections. */
 export interface LeasedBytes {

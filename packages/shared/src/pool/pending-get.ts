@@ -1,4 +1,4 @@
-import { PoolAbortedError, PoolTimeoutError } from './errors.js';
+import { PoolAbortedError, PoolTimeoutError } from '../core/errors.js';
 
 /** Options every get accepts besides its timeout. */
 export interface GetOptions {

@@ -1,6 +1,6 @@
 import type WebSocket from 'ws';
-import { KeepAliveTimeoutError } from './errors.js';
-import { rawSocketOf } from './pool-conn.js';
+import { KeepAliveTimeoutError } from '../core/errors.js';
+import { rawSocketOf } from '../wire/pool-conn.js';
 
 /** What the sweeper needs of a connection: an idle pooled one, or a PoolConn. */
 export interface Pingable {

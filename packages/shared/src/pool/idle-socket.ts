@@ -1,8 +1,8 @@
 import WebSocket from 'ws';
-import { ProtocolError } from './errors.js';
-import { PoolConn } from './pool-conn.js';
-import { isEndOfStream, type Extensions } from './extensions.js';
-import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
+import { ProtocolError } from '../core/errors.js';
+import { PoolConn } from '../wire/pool-conn.js';
+import { isEndOfStream, type Extensions } from '../wire/extensions.js';
+import { CLOSE_UNSUPPORTED_DATA } from '../wire/protocol.js';
 
 /** Bytes kept for the claimer of an idle connection before its socket is paused (backpressure). */
 const IDLE_BUFFER_BYTES = 64 * 1024;

@@ -9,10 +9,10 @@ import {
   PoolFullError,
   PoolUnauthorizedError,
   UpgradeRejectedError,
-} from './errors.js';
+} from '../core/errors.js';
 import type { Extensions } from './extensions.js';
 import { ID_BYTES, idToBytes, parseId } from './id.js';
-import { IdleSocket } from './idle-socket.js';
+import { IdleSocket } from '../pool/idle-socket.js';
 import { PoolConn, type PoolConnOptions } from './pool-conn.js';
 import { CLOSE_UNSUPPORTED_DATA } from './protocol.js';
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { InvalidIdError, PoolError } from './errors.js';
+import { InvalidIdError, PoolError } from '../core/errors.js';
 
 /** Length of a connection ID on the wire, in bytes. */
 export const ID_BYTES = 4;

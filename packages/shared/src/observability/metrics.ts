@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { ConnectionTracker, OpenState } from './connection-tracker.js';
-import { InvalidOptionError } from './errors.js';
-import type { LeasedBytes } from './leased-connections.js';
+import { InvalidOptionError } from '../core/errors.js';
+import type { LeasedBytes } from '../pool/leased-connections.js';
 
 /** Where a pool publishes Prometheus metrics. */
 export interface MetricsOptions {

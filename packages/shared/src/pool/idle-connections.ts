@@ -1,6 +1,6 @@
 import { IdleSocket, type IdleSocketOwner } from './idle-socket.js';
 import type { KeepAliveSweeper } from './keep-alive.js';
-import type { PoolConn } from './pool-conn.js';
+import type { PoolConn } from '../wire/pool-conn.js';
 
 /** How long `closeAll` waits for peers to answer the close handshake before terminating, in ms. */
 const CLOSE_GRACE_MS = 1_000;

@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { PoolError } from './errors.js';
+import { PoolError } from '../core/errors.js';
 import { isValidId } from './id.js';
 
 /**

@@ -2,9 +2,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { Registry, collectDefaultMetrics } from 'prom-client';
-import { InvalidOptionError } from './errors.js';
-import { listen } from './listen.js';
-import type { Logger } from './logger.js';
+import { InvalidOptionError } from '../core/errors.js';
+import { listen } from '../pool/listen.js';
+import type { Logger } from '../observability/logger.js';
 
 /** One command-line flag; each can also be set by the env var `POOL_<FLAG_NAME>`. */
 export interface FlagSpec {

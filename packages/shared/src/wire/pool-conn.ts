@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket, type DetailedPeerCertificate, type PeerCertificate } from 'node:tls';
 import type { CipherNameAndProtocol } from 'node:tls';
 import WebSocket from 'ws';
-import { ConnectionClosedError, ProtocolError, TransportClosedError } from './errors.js';
+import { ConnectionClosedError, ProtocolError, TransportClosedError } from '../core/errors.js';
 import { NO_EXTENSIONS, isEndOfStream, type Extensions } from './extensions.js';
 import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, END_OF_STREAM, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
 

@@ -1,0 +1,19 @@
+// What @pool/server and @pool/client share beyond the public surface: the
+// pool mechanics, the wire details behind them and the control channel.
+// Not a public API; it changes with the packages that use it.
+export * from './index.js';
+export { checkMs, checkInt, checkOrdered } from './core/options.js';
+export * from './wire/protocol.js';
+export { offerHeaders, negotiated, confirmHeaderLines } from './wire/extensions.js';
+export { rawSocketOf } from './wire/pool-conn.js';
+export { sendIdFrame, receiveIdle, upgradeRejection } from './wire/handshake.js';
+export * from './wire/control.js';
+export { IdleSocket, type IdleSocketOwner } from './pool/idle-socket.js';
+export { IdleConnections } from './pool/idle-connections.js';
+export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS, DEAD_AFTER_PERIODS, type LivenessAction, type Pingable } from './pool/keep-alive.js';
+export { PendingGet } from './pool/pending-get.js';
+export { LeasedConnections, drainPool, type LeasedBytes, type Drainable } from './pool/leased-connections.js';
+export { listen } from './pool/listen.js';
+export { ErrorCountingEmitter } from './observability/error-counting-emitter.js';
+export { ConnectionTracker, percentile, type OpenState, type ConnectionTrackerOptions } from './observability/connection-tracker.js';
+export { PoolMetrics, outcomeOf, type MetricsSource } from './observability/metrics.js';
