@@ -8,8 +8,8 @@ import { TargetServers, echoServer, echoThrough, sha256 } from '../helpers/tunne
 
 // The two-host walkthrough of docs/operating.md, on loopback: the relay keeps
 // a certificate it made for a name that is not localhost (127.0.0.2 and a
-// host name), and an agent on "another host" pins it with --tls-ca, TLS
-// verified (the agent's default).
+// host name), and an agent on "another host" pins it by the fingerprint the
+// relay printed (--tls-fingerprint) or with a copy of it (--tls-ca).
 
 const processes: CliProcess[] = [];
 const targets = new TargetServers();
@@ -27,7 +27,7 @@ async function relayOn127002(): Promise<{ relay: CliProcess; port: number; publi
     '--tls-dir', dir, '--tls-name', 'relay.pool.test,127.0.0.2', '--token', 'walkthrough-secret-0123456789',
   ]);
   processes.push(relay);
-  const [, fingerprint] = await relay.waitFor(/\(sha256 ([0-9A-F:]{95})\)/, 10_000, true);
+  const [, fingerprint] = await relay.waitFor(/agents pin it with --tls-fingerprint ([0-9A-F:]{95})/, 10_000, true);
   const ready = await relay.waitFor(/ready port=(\d+) public-port=(\d+)/, 10_000, true);
   return { relay, port: Number(ready[1]), publicPort: Number(ready[2]), fingerprint: fingerprint! };
 }
@@ -60,6 +60,42 @@ describe('a kept certificate for a name other than localhost, pinned by the agen
     const second = await relayOn127002();
     expect(second.fingerprint).toBe(first.fingerprint);
     expect(second.relay.lines.join('\n')).toMatch(/using the self-signed certificate kept in/);
+  }, 30_000);
+
+  it('an agent pinning the printed fingerprint connects, its pooled connections too, and tunnels', async () => {
+    const { port, publicPort, fingerprint } = await relayOn127002();
+    const target = await targets.listen(echoServer());
+    const agent = new CliProcess(AGENT_BIN, [
+      '--server', `127.0.0.2:${port}`, '--tls-fingerprint', fingerprint, '--token', 'walkthrough-secret-0123456789',
+      '--target', target, '--status-interval', '0', '--min-cap', '4',
+    ]);
+    processes.push(agent);
+    await agent.waitFor(/control connected/, 10_000, true);
+    const payloads = Array.from({ length: 8 }, (_, i) => Buffer.from(`pinned by fingerprint, tunnel ${i}`));
+    const hashes = await Promise.all(payloads.map((payload) => echoThrough(publicPort, payload)));
+    expect(hashes).toEqual(payloads.map(sha256));
+    await agent.stop('SIGKILL');
+  }, 30_000);
+
+  it('an agent pinning another fingerprint sends nothing, says which certificate it met, and says so once', async () => {
+    const { relay, port } = await relayOn127002();
+    const agent = new CliProcess(AGENT_BIN, ['--server', `127.0.0.2:${port}`, '--tls-fingerprint', 'ab'.repeat(32), '--token', 'walkthrough-secret-0123456789', '--target', '127.0.0.1:9', '--status-interval', '0']);
+    processes.push(agent);
+    await agent.waitFor(/"level":"error".*control channel failed: the relay's certificate has SHA-256 fingerprint [0-9A-F:]{95}, not the pinned AB:AB/, 10_000, true);
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(agent.lines.filter((line) => /"level":"error".*control channel failed/.test(line))).toHaveLength(1);
+    expect(agent.lines.join('\n')).not.toMatch(/control connected/);
+    // The relay saw TLS handshakes and nothing after them: no upgrade, so no token to refuse.
+    expect(relay.lines.join('\n')).not.toMatch(/refused|401/);
+    await agent.stop('SIGKILL');
+  }, 30_000);
+
+  it('an agent left at --tls verified against a self-signed relay is told how to pin it', async () => {
+    const { port } = await relayOn127002();
+    const agent = new CliProcess(AGENT_BIN, ['--server', `127.0.0.2:${port}`, '--target', '127.0.0.1:9', '--status-interval', '0']);
+    processes.push(agent);
+    await agent.waitFor(/"level":"error".*control channel failed: self-signed certificate.*pin the fingerprint pool-relay printed with --tls-fingerprint/, 10_000, true);
+    await agent.stop('SIGKILL');
   }, 30_000);
 
   it('an agent that pins another certificate is refused by TLS, and says so once', async () => {

@@ -6,6 +6,7 @@ import { UnknownServiceError, InvalidOptionError, TargetUnreachableError, splice
 import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './client-pool.js';
 import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';
+import { certificateHint, pinCertificate } from './certificate-pin.js';
 
 /** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
 export interface AgentOptions extends ClientPoolOptions {
@@ -139,7 +140,14 @@ export class Agent extends ErrorCountingEmitter {
     };
     if (options.token !== undefined) headers[TOKEN_HEADER] = options.token;
     if (options.name !== undefined) headers[AGENT_NAME_HEADER] = options.name;
-    this.#controlOptions = { perMessageDeflate: false, maxPayload: CONTROL_MAX_BYTES, headers, handshakeTimeout: 10_000, ...relay.tls };
+    this.#controlOptions = {
+      perMessageDeflate: false,
+      maxPayload: CONTROL_MAX_BYTES,
+      headers,
+      handshakeTimeout: 10_000,
+      ...relay.tls,
+      ...(relay.fingerprint !== undefined && { createConnection: pinCertificate(relay.fingerprint) }),
+    };
   }
 
   /**
@@ -272,7 +280,7 @@ export class Agent extends ErrorCountingEmitter {
     this.#lastControlFailure = code;
     this.forwardError(error);
     if (repeated) this.logger.debug({ err: error, relay: this.#controlUrl }, 'control channel still failing');
-    else this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}; retrying every second at most`);
+    else this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}${certificateHint(code)}; retrying every second at most`);
   }
 
   /**

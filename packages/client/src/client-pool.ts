@@ -7,6 +7,7 @@ import { ConnectionTracker, PoolClosedError, PoolDrainingError, PoolError, parse
 import { nextBurst, nextCapacity, nextInterval, outageInterval } from './adapt.js';
 import { resolveRelayTarget, type TlsMode } from './server-address.js';
 import { TlsSessionCache } from './tls-session-cache.js';
+import { pinCertificate, type TlsConnect } from './certificate-pin.js';
 
 /** Options for {@link ClientPool}. */
 export interface ClientPoolOptions {
@@ -116,7 +117,7 @@ interface DialRound {
 const OUTAGE_FAILURES = 3;
 
 /** Refusals that another attempt within the same round cannot change. */
-const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', 'ERR_POOL_FULL']);
+const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', 'ERR_POOL_FULL', 'ERR_TLS_CERT_PIN']);
 
 /**
  * The agent's pool: keeps pre-dialled connections to the relay, adapting how
@@ -145,6 +146,8 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #dialConcurrency: number;
   readonly #maxPayload: number;
   readonly #tlsSessions: TlsSessionCache | undefined;
+  /** ws's `createConnection` for our dials (session reuse, a certificate pin), or undefined for ws's own. */
+  readonly #tlsConnect: TlsConnect | undefined;
   readonly #idle: IdleConnections;
   readonly #leases: LeasedConnections;
   readonly #metrics: PoolMetrics | undefined;
@@ -187,6 +190,7 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#dialConcurrency = checkInt('dialConcurrency', options.dialConcurrency ?? 32, 1);
     this.#maxPayload = checkInt('maxPayload', options.maxPayload ?? DEFAULT_MAX_PAYLOAD_BYTES, 1);
     this.#tlsSessions = this.#tls && options.tlsSessionReuse !== false ? new TlsSessionCache() : undefined;
+    this.#tlsConnect = target.fingerprint === undefined ? this.#tlsSessions?.createConnection : pinCertificate(target.fingerprint, this.#tlsSessions?.createConnection);
     this.#token = options.token;
     this.#halfClose = options.halfClose ?? true;
     this.#headers = this.#upgradeHeaders();
@@ -526,7 +530,7 @@ export class ClientPool extends ErrorCountingEmitter {
       headers: this.#headers,
       maxPayload: this.#maxPayload,
       ...this.#tls,
-      ...(this.#tlsSessions && { createConnection: this.#tlsSessions.createConnection }),
+      ...(this.#tlsConnect && { createConnection: this.#tlsConnect }),
     });
     this.tracker.transition(ws, 'dialing', this.#trackedAddress);
     let upgraded = false;

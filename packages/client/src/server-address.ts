@@ -1,21 +1,35 @@
 import type { ConnectionOptions } from 'node:tls';
 import { InvalidOptionError } from '@pool/shared';
+import { parseFingerprint } from './certificate-pin.js';
+
+/** TLS options for the relay connection: Node's, plus a certificate pin. */
+export interface RelayTlsOptions extends ConnectionOptions {
+  /**
+   * The SHA-256 fingerprint of the relay's certificate (`AB:CD:…` as
+   * pool-relay prints it, or 64 hex digits). Set, it replaces chain and name
+   * verification: only a certificate with this fingerprint is accepted,
+   * self-signed or not, whatever address the relay is reached at. Not with `ca`.
+   */
+  fingerprint?: string;
+}
 
 /**
  * How the agent secures its connections to the relay:
  * - `'verified'` (npws `'2'`): TLS, certificate verified against the system CAs (default);
  * - `'insecure'` (npws `'1'`): TLS, any certificate accepted (self-signed relays in development);
  * - `'off'` (npws `'0'`): plain `ws://`;
- * - a `tls.ConnectionOptions` object (`ca`, `cert`, `key`, `servername`, …): TLS with those options.
+ * - a {@link RelayTlsOptions} object (`ca`, `cert`, `key`, `servername`, `fingerprint`, …): TLS with those options.
  * TLS 1.3 is the minimum in every TLS mode.
  */
-export type TlsMode = 'verified' | 'insecure' | 'off' | '0' | '1' | '2' | ConnectionOptions;
+export type TlsMode = 'verified' | 'insecure' | 'off' | '0' | '1' | '2' | RelayTlsOptions;
 
 export interface RelayTarget {
   /** Always path `/` (a Go npws server upgrades any path; ours only `/`). */
   url: string;
   /** TLS options for ws, or undefined for plain `ws://`. */
   tls: ConnectionOptions | undefined;
+  /** The pinned certificate fingerprint (`AB:CD:…`), if any: connections must go through `pinCertificate`. */
+  fingerprint: string | undefined;
 }
 
 const MODE_ALIASES: Record<string, 'verified' | 'insecure' | 'off'> = {
@@ -56,8 +70,14 @@ export function resolveRelayTarget(server: string, tls: TlsMode | undefined): Re
     throw new InvalidOptionError('tls', tls, `a TLS mode for a wss:// server (use ws:// for plain)`);
   }
   const url = `${secure ? 'wss' : 'ws'}://${parsed.host}/`;
-  if (!secure) return { url, tls: undefined };
-  const base: ConnectionOptions = typeof tls === 'object' ? { ...tls } : {};
+  if (!secure) return { url, tls: undefined, fingerprint: undefined };
+  const { fingerprint: pin, ...base }: RelayTlsOptions = typeof tls === 'object' ? tls : {};
   if (mode === 'insecure') base.rejectUnauthorized = false;
-  return { url, tls: { ...base, minVersion: 'TLSv1.3' } };
+  let fingerprint: string | undefined;
+  if (pin !== undefined) {
+    fingerprint = parseFingerprint(pin);
+    if (fingerprint === undefined) throw new InvalidOptionError('tls.fingerprint', pin, 'a SHA-256 fingerprint: 32 bytes as AB:CD:… or 64 hex digits');
+    if (base.ca !== undefined) throw new InvalidOptionError('tls.ca', '<ca>', 'no ca with tls.fingerprint: the pin replaces verification against a CA');
+  }
+  return { url, tls: { ...base, minVersion: 'TLSv1.3' }, fingerprint };
 }

@@ -1,6 +1,6 @@
 import type { ClientRequestArgs } from 'node:http';
-import { isIP } from 'node:net';
-import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+import { connect, type TLSSocket } from 'node:tls';
+import { tlsOptionsOf } from './certificate-pin.js';
 
 /**
  * TLS 1.3 session resumption for a pool's dials: every new connection offers
@@ -22,9 +22,7 @@ export class TlsSessionCache {
 
   readonly createConnection = (request: ClientRequestArgs): TLSSocket => {
     // ws hands over its request options, TLS options included.
-    const options = { ...request, path: undefined } as ConnectionOptions & { host?: string };
-    // As ws's own tlsConnect: SNI only for host names.
-    if (!options.servername && options.servername !== '') options.servername = isIP(options.host ?? '') ? '' : options.host;
+    const options = tlsOptionsOf(request);
     const offered = this.#session;
     const socket = connect(offered ? { ...options, session: offered } : options);
     // Only ask for a ticket when we need one: with a 'session' listener Node

@@ -17,8 +17,8 @@ export interface DevCertificate {
 
 /**
  * A self-signed certificate (EC P-256, SHA-256) for `names`, host names and
- * IP addresses alike: agents pin it with `tls: { ca: cert }` (`--tls-ca`),
- * or accept anything with `tls: 'insecure'`.
+ * IP addresses alike: agents pin it by `fingerprint` (`tls: { fingerprint }`,
+ * `--tls-fingerprint`) or trust a copy (`tls: { ca: cert }`, `--tls-ca`).
  */
 export async function generateDevCertificate(names: readonly string[] = LOOPBACK_NAMES): Promise<DevCertificate> {
   const hosts = names.filter((name) => isIP(name) === 0);

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
+import { parseFingerprint } from '../certificate-pin.js';
 
 const COMMAND = 'pool-agent';
 
@@ -18,6 +19,21 @@ function readCertificate(file: string): Buffer {
   return pem;
 }
 
+/** --tls, --tls-ca and --tls-fingerprint as one TLS mode; the last two pin a certificate, so they stand alone. */
+function tlsOf(caFile: string | undefined, fingerprint: string | undefined, mode: string | undefined): TlsMode | undefined {
+  if (caFile !== undefined && fingerprint !== undefined) throw new Error('--tls-ca and --tls-fingerprint exclude each other: pin the certificate one way');
+  const pinFlag = caFile !== undefined ? '--tls-ca' : fingerprint !== undefined ? '--tls-fingerprint' : undefined;
+  if (pinFlag && mode !== undefined && mode !== 'verified' && mode !== '2') throw new Error(`${pinFlag} and --tls ${mode} exclude each other`);
+  if (caFile !== undefined) return { ca: readCertificate(caFile) };
+  if (fingerprint !== undefined) {
+    if (parseFingerprint(fingerprint) === undefined) {
+      throw new Error(`--tls-fingerprint ${JSON.stringify(fingerprint)}: expected the SHA-256 fingerprint pool-relay prints (32 bytes as AB:CD:…, or 64 hex digits)`);
+    }
+    return { fingerprint };
+  }
+  return mode as TlsMode | undefined;
+}
+
 async function main(): Promise<void> {
   const flags = parseCommandLine(
     COMMAND,
@@ -29,6 +45,7 @@ async function main(): Promise<void> {
       name: { type: 'string', description: "this agent's name in the relay's configuration (checked against its token)" },
       tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off (default: verified; off for a ws:// server)' },
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
+      'tls-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the relay's certificate, as pool-relay prints it: only that certificate is accepted" },
       token: { type: 'string', description: 'shared secret the relay expects' },
       'min-cap': { type: 'string', description: 'pool capacity floor', default: '4', range: [1, 1_000_000] },
       'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256', range: [1, 1_000_000] },
@@ -48,7 +65,7 @@ async function main(): Promise<void> {
     }),
   );
   if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
-  const tls: TlsMode | undefined = flags['tls-ca'] ? { ca: readCertificate(String(flags['tls-ca'])) } : (flags.tls as TlsMode | undefined);
+  const tls = tlsOf(flags['tls-ca'] as string | undefined, flags['tls-fingerprint'] as string | undefined, flags.tls as string | undefined);
   const operations = new CliOperations(flags);
   const agent = new Agent({
     server: String(flags.server),

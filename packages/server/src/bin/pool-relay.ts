@@ -55,15 +55,15 @@ async function main(): Promise<void> {
     if (dir === undefined) {
       tls = await generateDevCertificate(names);
       process.stdout.write(
-        `${COMMAND} using a self-signed certificate made for this run, for ${names.join(',')} (sha256 ${tls.fingerprint}); ` +
-          'agents need --tls insecure, or keep one with --tls-dir and pin it with --tls-ca\n',
+        `${COMMAND} using a self-signed certificate made for this run, for ${names.join(',')}: ` +
+          `agents pin it with --tls-fingerprint ${tls.fingerprint} (it changes at every start; keep one with --tls-dir)\n`,
       );
     } else {
       const kept = await keptCertificate(dir, names);
       tls = kept;
       process.stdout.write(
-        `${COMMAND} using the self-signed certificate ${kept.created ? 'made and kept' : 'kept'} in ${kept.certFile}, for ${names.join(',')} ` +
-          `(sha256 ${kept.fingerprint}); agents pin it with --tls-ca (a copy of ${kept.certFile})\n`,
+        `${COMMAND} using the self-signed certificate ${kept.created ? 'made and kept' : 'kept'} in ${kept.certFile}, for ${names.join(',')}: ` +
+          `agents pin it with --tls-fingerprint ${kept.fingerprint}, or with --tls-ca and a copy of ${kept.certFile}\n`,
       );
     }
   } else if (flags['tls-dir'] !== undefined) {

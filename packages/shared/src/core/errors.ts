@@ -171,3 +171,10 @@ export class UnknownServiceError extends PoolError {
     super('ERR_UNKNOWN_SERVICE', `the relay asked for service ${JSON.stringify(service)}, which this agent does not serve`);
   }
 }
+
+/** The relay's certificate is not the one pinned by its SHA-256 fingerprint; nothing was sent on that connection. */
+export class CertificatePinError extends PoolError {
+  constructor(presented: string, pinned: string) {
+    super('ERR_TLS_CERT_PIN', `the relay's certificate has SHA-256 fingerprint ${presented}, not the pinned ${pinned}`);
+  }
+}
