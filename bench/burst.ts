@@ -1,9 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { percentile, sleep } from './lib.js';
-
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+import { ROOT, percentile, sleep, spawnUntil } from './lib.js';
 
 /** One burst: N users at the same instant, each timed from connect() to the first byte back. */
 export interface BurstOutcome {
@@ -61,24 +57,6 @@ async function burstAt(port: number, users: number): Promise<BurstOutcome> {
     max: sorted.at(-1) ?? Number.NaN,
     sorted,
   };
-}
-
-/** A process of ours whose stdout we watch for a line. */
-function spawnUntil(args: string[], pattern: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
-    child.once('exit', (code) => reject(new Error(`${args[0]} exited with ${code} before printing ${pattern}`)));
-    child.stdout!.setEncoding('utf8');
-    let buffered = '';
-    child.stdout!.on('data', (chunk: string) => {
-      buffered += chunk;
-      const match = buffered.match(pattern);
-      if (match) {
-        child.removeAllListeners('exit');
-        resolve({ child, match });
-      }
-    });
-  });
 }
 
 /**

@@ -1,8 +1,10 @@
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Role, RoleMessage } from './roles.js';
 
 const ROLES = fileURLToPath(new URL('./roles.js', import.meta.url));
+/** The repository, from build/bench/. */
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const children = new Set<ChildProcess>();
 
 /** A role in its own process; `next(type)` resolves with its next message of that type. */
@@ -52,3 +54,23 @@ export function median(values: number[]): number {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A process of ours whose stdout we watch for a line. */
+export function spawnUntil(args: string[], pattern: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.add(child);
+    child.once('exit', () => children.delete(child));
+    child.once('exit', (code) => reject(new Error(`${args[0]} exited with ${code} before printing ${pattern}`)));
+    child.stdout!.setEncoding('utf8');
+    let buffered = '';
+    child.stdout!.on('data', (chunk: string) => {
+      buffered += chunk;
+      const match = buffered.match(pattern);
+      if (match) {
+        child.removeAllListeners('exit');
+        resolve({ child, match });
+      }
+    });
+  });
+}

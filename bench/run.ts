@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { bursts, type BurstRow } from './burst.js';
+import { udpThroughTunnel } from './udp.js';
 import { killAll } from './lib.js';
 import { duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type MemoryRow } from './measure.js';
 import { barChart, document, lineChart } from './svg.js';
@@ -15,8 +16,8 @@ const { values } = parseArgs({ args: process.argv.slice(2).filter((arg) => arg !
 const quick = values.quick;
 const wanted = (name: string): boolean => values.only === undefined || values.only.split(',').includes(name);
 const sizes = quick
-  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2, bursts: [200, 1_000] }
-  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5, bursts: [200, 1_000] };
+  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2, bursts: [200, 1_000], udpRates: [5_000], udpSeconds: 2 }
+  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5, bursts: [200, 1_000], udpRates: [2_000, 10_000, 20_000, 40_000], udpSeconds: 5 };
 
 interface Check {
   figure: string;
@@ -108,6 +109,23 @@ async function main(): Promise<void> {
         ratio,
         bound === undefined ? 'reported' : `0 failed, p99 <= ${bound} x direct`,
         bound === undefined || (tunnel.failed === 0 && ratio <= bound),
+      );
+    }
+  }
+
+  if (wanted('udp')) {
+    console.log(`8. UDP at ${sizes.udpRates.join(', ')} datagrams/s offered (512 B, 16 flows), tunnel vs direct`);
+    const rows = await udpThroughTunnel(sizes.udpRates, 512, 16, sizes.udpSeconds);
+    results.udp = rows;
+    const pct = (share: number): string => `${(share * 100).toFixed(2)}%`;
+    for (const { offeredPerSecond, tunnel, direct } of rows) {
+      check(
+        `UDP at ${offeredPerSecond} datagrams/s offered: delivered/s, loss`,
+        `${tunnel.deliveredPerSecond.toFixed(0)}/s, loss ${pct(tunnel.loss)}`,
+        `direct ${direct.deliveredPerSecond.toFixed(0)}/s, loss ${pct(direct.loss)}`,
+        tunnel.deliveredPerSecond / direct.deliveredPerSecond,
+        'reported',
+        true,
       );
     }
   }

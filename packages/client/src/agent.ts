@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import type { ClientRequest, ClientRequestArgs, IncomingMessage } from 'node:http';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { lookup } from 'node:dns/promises';
 import { connect, isIPv6, type Socket } from 'node:net';
 import WebSocket from 'ws';
-import { UnknownServiceError, InvalidOptionError, TargetUnreachableError, splice, type DrainResult, type PoolConn, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, DEFAULT_SERVICE, NAME_PATTERN, SERVICES_HEADER, SESSION_HEADER, type ConnectMessage, CLOSE_TARGET_UNREACHABLE, CONTROL_FEATURES, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, ControlMessageError, TOKEN_HEADER, checkMs, upgradeRejection, decodeControl, encodeControl } from '@pool/shared/internal';
+import { UnknownServiceError, InvalidOptionError, TargetUnreachableError, splice, type DrainResult, type PoolConn, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, DEFAULT_SERVICE, NAME_PATTERN, SERVICES_HEADER, SESSION_HEADER, type ConnectMessage, type FlowMessage, DatagramBatch, DatagramReader, CLOSE_TARGET_UNREACHABLE, CONTROL_FEATURES, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, ControlMessageError, TOKEN_HEADER, checkMs, upgradeRejection, decodeControl, encodeControl } from '@pool/shared/internal';
 import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './client-pool.js';
 import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';
@@ -44,6 +46,10 @@ export interface AgentStats {
   claimFailures: number;
   /** Orders whose target refused or timed out. */
   targetFailures: number;
+  /** UDP flows open right now (each is also an open tunnel). */
+  flowsOpen: number;
+  /** Target replies not sent back to a UDP user: larger than the flow's maximum, or its connection backed up. */
+  datagramsDropped: number;
   /** Demand messages received: users waiting at the relay, dialled for at once. */
   demands: number;
   /** Orders for a service this agent does not serve. */
@@ -67,6 +73,29 @@ export function parseHostPort(name: string, value: string): { host: string; port
   const port = Number(match?.[3]);
   if (!match || port < 1 || port > 65_535 || (match[1] !== undefined && !isIPv6(match[1]))) throw new InvalidOptionError(name, value, 'host:port');
   return { host: (match[1] ?? match[2])!, port };
+}
+
+/**
+ * Bytes a UDP flow may have waiting to be written to its pooled connection;
+ * past this the target's replies are dropped, as UDP would drop them.
+ */
+const FLOW_WRITE_LIMIT_BYTES = 256 * 1024;
+
+/** A UDP socket connected to `target`, of the family its address resolves to. */
+async function udpSocketTo(target: { host: string; port: number }): Promise<UdpSocket> {
+  const { address, family } = await lookup(target.host);
+  const socket = createSocket(family === 6 ? 'udp6' : 'udp4');
+  return new Promise((resolve, reject) => {
+    socket.once('error', (error) => {
+      socket.close();
+      reject(new TargetUnreachableError(`${target.host}:${target.port}`, `cannot be reached over UDP (${(error as { code?: string }).code ?? error.message})`, error));
+    });
+    socket.connect(target.port, address, () => {
+      socket.removeAllListeners('error');
+      socket.on('error', () => {});
+      resolve(socket);
+    });
+  });
 }
 
 const CONTROL_RETRY_MIN_MS = 200;
@@ -111,7 +140,7 @@ export class Agent extends ErrorCountingEmitter {
   readonly #keepAliveMs: number;
 
   readonly #tunnels = new Set<PoolConn>();
-  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0 };
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0, flowsOpen: 0, datagramsDropped: 0 };
   #control: WebSocket | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
@@ -242,6 +271,8 @@ export class Agent extends ErrorCountingEmitter {
         const message = decodeControl(data.toString());
         if (message.type === 'connect') {
           void this.#serve(message);
+        } else if (message.type === 'flow') {
+          void this.#serveFlow(message);
         } else if (message.type === 'demand') {
           this.#stats.demands++;
           this.pool.dialNow(message.waiting);
@@ -296,7 +327,12 @@ export class Agent extends ErrorCountingEmitter {
     else if (previous !== secret) void this.pool.Flush();
   }
 
-  async #serve(order: ConnectMessage): Promise<void> {
+  /**
+   * Claims the pooled connection an order names, for a service this agent
+   * serves, and acknowledges the claim; undefined (counted, reported) when it
+   * cannot. The connection is then a tunnel until it closes.
+   */
+  async #claim(order: ConnectMessage | FlowMessage): Promise<{ conn: PoolConn; target: { host: string; port: number } } | undefined> {
     const { id } = order;
     this.#stats.orders++;
     const service = order.service ?? DEFAULT_SERVICE;
@@ -307,7 +343,7 @@ export class Agent extends ErrorCountingEmitter {
     } catch (error) {
       this.#stats.claimFailures++;
       this.reportError(error as Error);
-      return;
+      return undefined;
     }
     conn.on('error', () => {});
     if (target === undefined) {
@@ -315,12 +351,20 @@ export class Agent extends ErrorCountingEmitter {
       this.reportError(new UnknownServiceError(service));
       conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'unknown service');
       conn.destroy();
-      return;
+      return undefined;
     }
     this.#tunnels.add(conn);
+    conn.once('close', () => this.#tunnels.delete(conn));
     // The relay holds its user's bytes until this arrives, and retries with another connection without it.
     const control = this.#control;
     if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: 'claimed', id }));
+    return { conn, target };
+  }
+
+  async #serve(order: ConnectMessage): Promise<void> {
+    const claimed = await this.#claim(order);
+    if (claimed === undefined) return;
+    const { conn, target } = claimed;
     try {
       const socket = await this.#dialTarget(target);
       // The target learns the user's address before any byte of the user's.
@@ -335,7 +379,58 @@ export class Agent extends ErrorCountingEmitter {
       conn.destroy();
       this.emit('tunnel', { error });
     } finally {
-      this.#tunnels.delete(conn);
+      this.#stats.finished++;
+    }
+  }
+
+  /**
+   * One UDP flow: the datagrams framed on the pooled connection go to the
+   * target from a socket of this flow's own, and the target's replies come
+   * back on the same connection, so they reach the user who sent the flow's
+   * datagrams and nobody else. The relay ends the flow (idle, or its user
+   * port closed) by closing the connection.
+   */
+  async #serveFlow(order: FlowMessage): Promise<void> {
+    const claimed = await this.#claim(order);
+    if (claimed === undefined) return;
+    const { conn, target } = claimed;
+    this.#stats.flowsOpen++;
+    const closed = new Promise<void>((resolve) => conn.once('close', resolve));
+    let socket: UdpSocket | undefined;
+    try {
+      socket = await udpSocketTo(target);
+      const flowSocket = socket;
+      flowSocket.on('error', (error) => this.logger.debug({ err: error, target: `${target.host}:${target.port}` }, 'UDP target error'));
+      const reader = new DatagramReader(order.maxDatagram);
+      const batch = new DatagramBatch((frames) => conn.write(frames));
+      conn.once('close', () => batch.discard());
+      conn.on('data', (chunk: Buffer) => {
+        let datagrams: Buffer[];
+        try {
+          datagrams = reader.push(chunk);
+        } catch (error) {
+          this.reportError(error as Error);
+          conn.destroy();
+          return;
+        }
+        for (const datagram of datagrams) flowSocket.send(datagram);
+      });
+      flowSocket.on('message', (datagram: Buffer) => {
+        if (datagram.length > order.maxDatagram || conn.writableLength + batch.pendingBytes > FLOW_WRITE_LIMIT_BYTES) {
+          this.#stats.datagramsDropped++;
+          return;
+        }
+        batch.add(datagram);
+      });
+      await closed;
+    } catch (error) {
+      this.#stats.targetFailures++;
+      this.reportError(error as Error);
+      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
+      conn.destroy();
+    } finally {
+      socket?.close();
+      this.#stats.flowsOpen--;
       this.#stats.finished++;
     }
   }

@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
-import { PoolClosedError, type PoolConn, PendingGet, decodeControl, encodeControl, type ConnectMessage, type ControlFeature, type ControlMessage } from '@pool/shared/internal';
+import { PoolClosedError, type PoolConn, PendingGet, decodeControl, encodeControl, type ConnectMessage, type FlowMessage, type ControlFeature, type ControlMessage } from '@pool/shared/internal';
 
 /**
  * One agent's control channel, from its upgrade until it closes: when the
@@ -56,14 +56,14 @@ export class ControlSession {
   }
 
   /**
-   * Orders the agent to claim `conn` (for `details`: the service, the PROXY
-   * header) and resolves once it has: true when the agent acknowledged within
+   * Orders the agent to claim `conn` (for `details`: a TCP user's `connect`
+   * with its service and PROXY header, or a UDP user's `flow`) and resolves once it has: true when the agent acknowledged within
    * `timeoutMs` (at once for an agent without the `claimed` feature), false
    * when it did not, when `conn` closed first, when `signal` aborted, or when
    * this channel closed.
    */
-  order(conn: PoolConn, details: Omit<ConnectMessage, 'v' | 'type' | 'id'>, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
-    this.send({ v: 1, type: 'connect', id: conn.id, ...details });
+  order(conn: PoolConn, details: Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
+    this.send({ v: 1, id: conn.id, ...details });
     if (!this.features.has('claimed')) return Promise.resolve(true);
     const { id } = conn;
     const claimed = new PendingGet<void>(timeoutMs, { signal }, () => {});

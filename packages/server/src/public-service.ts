@@ -1,6 +1,7 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { listen } from '@pool/shared/internal';
 import type { ServiceConfig } from './relay-config.js';
+import type { UdpStats } from './udp-service.js';
 
 /** Counters of one service since the relay started. */
 export interface ServiceStats {
@@ -10,6 +11,8 @@ export interface ServiceStats {
   finished: number;
   failed: number;
   open: number;
+  /** A UDP service's datagrams; its users are flows (`accepted`: flows opened, `open`: flows open now). */
+  udp?: UdpStats;
 }
 
 /** One service's public port: users connect here and are tunnelled to the agent that serves it. */

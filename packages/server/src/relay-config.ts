@@ -1,7 +1,8 @@
 import { isIP } from 'node:net';
 import { parse } from 'yaml';
-import { PoolError, NAME_PATTERN } from '@pool/shared/internal';
+import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES } from '@pool/shared/internal';
 import { parseAllowlist } from './allowlist.js';
+import type { UdpOptions } from './udp-service.js';
 
 /** One agent the relay serves: its secret, and where it may connect from. */
 export interface AgentConfig {
@@ -20,8 +21,12 @@ export interface ServiceConfig {
   publicHost?: string;
   /** Port users connect to. */
   publicPort: number;
-  /** Send the target a PROXY protocol header (v1 text or v2 binary) with the user's address. Default: none. */
+  /** Send the target a PROXY protocol header (v1 text or v2 binary) with the user's address. Default: none. TCP only. */
   proxyProtocol?: 'v1' | 'v2';
+  /** What users speak on the public port. Default: `'tcp'`. */
+  protocol?: 'tcp' | 'udp';
+  /** Flow settings of a UDP service. */
+  udp?: UdpOptions;
 }
 
 /** What a relay's configuration file holds. */
@@ -128,7 +133,7 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
   root.services.forEach((value: unknown, index: number) => {
     const key = `services[${index}]`;
     const service = record(value, file, key);
-    allowedKeys(service, ['name', 'agent', 'public', 'proxyProtocol'], file, key);
+    allowedKeys(service, ['name', 'agent', 'public', 'proxyProtocol', 'protocol', 'idleTimeout', 'maxFlows', 'maxDatagram'], file, key);
     if (typeof service.name !== 'string' || !NAME_PATTERN.test(service.name)) throw new ConfigError(file, `${key}.name`, 'a service name is letters, digits, . _ - (up to 63)');
     if (names.has(service.name)) throw new ConfigError(file, `${key}.name`, `service ${service.name} is declared twice`);
     names.add(service.name);
@@ -137,20 +142,39 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
     }
     const address = hostPort(service.public, file, `${key}.public`);
     if (address.port === 0) throw new ConfigError(file, `${key}.public`, 'a public port is needed (not 0)');
-    const where = `${address.host ?? '*'}:${address.port}`;
+    if (service.protocol !== undefined && service.protocol !== 'tcp' && service.protocol !== 'udp') throw new ConfigError(file, `${key}.protocol`, 'expected tcp or udp');
+    const protocol = service.protocol ?? 'tcp';
+    const where = `${protocol === 'udp' ? 'udp ' : ''}${address.host ?? '*'}:${address.port}`;
     const clash = ports.get(where);
     if (clash !== undefined) throw new ConfigError(file, `${key}.public`, `${where} is already service ${clash}'s`);
     ports.set(where, service.name);
     if (service.proxyProtocol !== undefined && service.proxyProtocol !== 'v1' && service.proxyProtocol !== 'v2') {
       throw new ConfigError(file, `${key}.proxyProtocol`, 'expected v1 or v2');
     }
+    const udp = udpOptions(service, protocol, file, key);
+    if (protocol === 'udp' && service.proxyProtocol !== undefined) throw new ConfigError(file, `${key}.proxyProtocol`, 'the PROXY protocol is for TCP services');
     config.services.push({
       name: service.name,
       agent: service.agent,
       publicHost: address.host,
       publicPort: address.port,
       ...(service.proxyProtocol !== undefined && { proxyProtocol: service.proxyProtocol }),
+      ...(protocol === 'udp' && { protocol, udp }),
     });
   });
   return config;
+}
+
+/** The UDP settings of a service entry: whole numbers in range, and only on a UDP service. */
+function udpOptions(service: Record<string, unknown>, protocol: 'tcp' | 'udp', file: string, key: string): UdpOptions {
+  const limits = { idleTimeout: [1, 2 ** 31 - 1, 'ms'], maxFlows: [1, 1_000_000, 'flows'], maxDatagram: [1, MAX_DATAGRAM_BYTES, 'bytes'] } as const;
+  const options: UdpOptions = {};
+  for (const [name, [min, max, unit]] of Object.entries(limits)) {
+    const value = service[name];
+    if (value === undefined) continue;
+    if (protocol !== 'udp') throw new ConfigError(file, `${key}.${name}`, 'only for a UDP service (protocol: udp)');
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) throw new ConfigError(file, `${key}.${name}`, `expected a whole number of ${unit} from ${min} to ${max}`);
+    options[name as keyof UdpOptions] = value;
+  }
+  return options;
 }

@@ -66,6 +66,53 @@ function register(registry: Registry, sources: Map<string, () => RelayStats>): v
       });
     },
   });
+  new Gauge({
+    name: 'pool_relay_udp_flows_open',
+    help: 'UDP flows open now (one per user address and port), by service.',
+    labelNames: ['pool', 'service', 'agent'],
+    registers,
+    collect() {
+      this.reset();
+      each((pool, stats) => {
+        for (const [service, state] of Object.entries(stats.services)) if (state.udp) this.set({ pool, service, agent: state.agent }, state.open);
+      });
+    },
+  });
+  for (const [what, help] of [
+    ['datagrams', 'UDP datagrams from users (into the tunnel) and to users, by service.'],
+    ['bytes', 'UDP payload bytes from users (into the tunnel) and to users, by service.'],
+  ] as const) {
+    new Counter({
+      name: `pool_relay_udp_${what}_total`,
+      help,
+      labelNames: ['pool', 'service', 'agent', 'direction'],
+      registers,
+      collect() {
+        this.reset();
+        each((pool, stats) => {
+          for (const [service, state] of Object.entries(stats.services)) {
+            if (!state.udp) continue;
+            this.inc({ pool, service, agent: state.agent, direction: 'from_users' }, state.udp[what].fromUsers);
+            this.inc({ pool, service, agent: state.agent, direction: 'to_users' }, state.udp[what].toUsers);
+          }
+        });
+      },
+    });
+  }
+  new Counter({
+    name: 'pool_relay_udp_dropped_total',
+    help: 'UDP datagrams dropped, by service and reason (oversized, flowLimit, queueFull, backpressure, noConnection, sendFailed).',
+    labelNames: ['pool', 'service', 'agent', 'reason'],
+    registers,
+    collect() {
+      this.reset();
+      each((pool, stats) => {
+        for (const [service, state] of Object.entries(stats.services)) {
+          for (const [reason, count] of Object.entries(state.udp?.dropped ?? {})) this.inc({ pool, service, agent: state.agent, reason }, count);
+        }
+      });
+    },
+  });
 }
 
 /**

@@ -3,11 +3,12 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { PoolClosedError, type DrainResult, splice, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, DEFAULT_SERVICE, SERVICES_HEADER, checkInt, checkMs, listen, parseControlFeatures } from '@pool/shared/internal';
+import { PoolClosedError, type DrainResult, type Endpoint, type FlowMessage, type ConnectMessage, type PoolConn, splice, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, DEFAULT_SERVICE, SERVICES_HEADER, checkInt, checkMs, listen, parseControlFeatures } from '@pool/shared/internal';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { AgentSessions, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
 import { PublicService, type ServiceStats } from './public-service.js';
+import { UdpService, type UdpOptions } from './udp-service.js';
 import { QueuedUser } from './queued-user.js';
 import { publishRelayMetrics } from './relay-metrics.js';
 import type { AgentConfig, ServiceConfig } from './relay-config.js';
@@ -28,6 +29,10 @@ export interface RelayOptions
   publicHost?: string;
   /** Without `services`: the one public port, served by the agent's service `default`. Default: 0. */
   publicPort?: number;
+  /** Without `services`: what users speak on the one public port. Default: `'tcp'`. */
+  publicProtocol?: 'tcp' | 'udp';
+  /** Without `services`: the flow settings when `publicProtocol` is `'udp'`. */
+  udp?: UdpOptions;
   /**
    * The agents, by name, each with its own token (and optional allowlist). A
    * token names its agent: one agent's token never reaches another's control
@@ -90,6 +95,9 @@ export interface RelayStats {
 /** Why a user got no tunnel, as counted in the stats. */
 type NoTunnel = 'noAgent' | 'noConnection' | 'departed';
 
+/** An order for one pooled connection, but its ID: a TCP user's `connect` or a UDP user's `flow`. */
+type Order = Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>;
+
 /**
  * The public half of NodePass-style tunnels: a {@link ServerPool} for the
  * agents' pooled connections, a control channel per agent, and a public TCP
@@ -115,7 +123,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly pool: ServerPool;
   readonly #server: Server;
   readonly #headersDeadline: HeadersDeadline;
-  readonly #serviceByName = new Map<string, PublicService>();
+  readonly #serviceByName = new Map<string, PublicService | UdpService>();
   readonly #controlWss: WebSocketServer;
   readonly #agents: AgentSessions;
   #keepAliveMs: number;
@@ -142,7 +150,13 @@ export class Relay extends ErrorCountingEmitter {
     this.#backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1);
     this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
     const services = options.services ?? [
-      { name: DEFAULT_SERVICE, agent: DEFAULT_AGENT, publicHost: options.publicHost, publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535) },
+      {
+        name: DEFAULT_SERVICE,
+        agent: DEFAULT_AGENT,
+        publicHost: options.publicHost,
+        publicPort: checkInt('publicPort', options.publicPort ?? 0, 0, 65_535),
+        ...(options.publicProtocol === 'udp' && { protocol: 'udp' as const, udp: options.udp }),
+      },
     ];
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
     const serverOptions = httpTimeouts(headersTimeout);
@@ -164,7 +178,8 @@ export class Relay extends ErrorCountingEmitter {
     this.#unpublishMetrics = options.metrics && publishRelayMetrics(options.metrics, () => this.stats());
   }
 
-  #publicService(config: ServiceConfig): PublicService {
+  #publicService(config: ServiceConfig): PublicService | UdpService {
+    if (config.protocol === 'udp') return new UdpService(config, this.#openFlow, this.reportError);
     return new PublicService(config, this.#onUser, this.reportError);
   }
 
@@ -213,7 +228,7 @@ export class Relay extends ErrorCountingEmitter {
       idle: this.pool.Active(),
       agentConnected: Object.values(agents).some((agent) => agent.connected),
       agents,
-      services: Object.fromEntries([...this.#serviceByName].map(([name, service]) => [name, { ...service.stats }])),
+      services: Object.fromEntries([...this.#serviceByName].map(([name, service]) => [name, structuredClone(service.stats)])),
     };
   }
 
@@ -372,6 +387,7 @@ export class Relay extends ErrorCountingEmitter {
       const service = this.#serviceByName.get(name);
       if (service === undefined) refuse(`unknown service ${name}: the relay has no such service`);
       else if (service.config.agent !== agent.name) refuse(`service ${name} belongs to agent ${service.config.agent}, not to ${agent.name}`);
+      else if (service instanceof UdpService && !agent.control?.features.has('udp')) refuse(`service ${name} is UDP, which this agent cannot carry: upgrade it`);
       else accepted.add(name);
     }
     for (const service of this.#serviceByName.values()) {
@@ -432,7 +448,17 @@ export class Relay extends ErrorCountingEmitter {
       return;
     }
     const queued = new QueuedUser(user);
-    const outcome = await this.#claimedConnection(agent, service, user, queued.signal);
+    const { proxyProtocol } = service.config;
+    const order: Order = {
+      type: 'connect',
+      service: service.config.name,
+      ...(proxyProtocol && {
+        proxy: proxyProtocol,
+        source: { address: user.remoteAddress ?? '', port: user.remotePort ?? 0 },
+        destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
+      }),
+    };
+    const outcome = await this.#claimedConnection(agent, order, queued.signal);
     if (typeof outcome === 'string') {
       this.#stats[outcome]++;
       queued.drop();
@@ -455,9 +481,8 @@ export class Relay extends ErrorCountingEmitter {
    * another if the agent does not acknowledge within `claimTimeout`, all
    * within `getTimeout`. Or why not.
    */
-  async #claimedConnection(agent: AgentState, service: PublicService, user: Socket, userLeft: AbortSignal): Promise<IncomingConnection | NoTunnel> {
+  async #claimedConnection(agent: AgentState, order: Order, userLeft: AbortSignal): Promise<IncomingConnection | NoTunnel> {
     const deadline = performance.now() + this.#getTimeoutMs;
-    const { proxyProtocol } = service.config;
     for (;;) {
       const remaining = deadline - performance.now();
       // Why this user gets nothing: its agent gone, or no connection in time.
@@ -478,14 +503,6 @@ export class Relay extends ErrorCountingEmitter {
         incoming.conn.destroy();
         return missing();
       }
-      const order = {
-        service: service.config.name,
-        ...(proxyProtocol && {
-          proxy: proxyProtocol,
-          source: { address: user.remoteAddress ?? '', port: user.remotePort ?? 0 },
-          destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
-        }),
-      };
       const claimWindow = Math.max(1, Math.min(this.#claimTimeoutMs, deadline - performance.now()));
       if (await control.order(incoming.conn, order, claimWindow, userLeft)) return incoming;
       incoming.conn.destroy();
@@ -493,6 +510,25 @@ export class Relay extends ErrorCountingEmitter {
       this.#stats.claimRetries++;
     }
   }
+
+  /**
+   * A pooled connection, claimed by the service's agent, for a new UDP flow
+   * from `source`; undefined (counted) when there is none within `getTimeout`
+   * or the flow ends first.
+   */
+  readonly #openFlow = async (service: UdpService, source: Endpoint, maxDatagram: number, flowEnded: AbortSignal): Promise<PoolConn | undefined> => {
+    const agent = this.#agents.get(service.config.agent);
+    if (agent?.control === undefined || !agent.services.has(service.config.name)) {
+      this.#stats.noAgent++;
+      return undefined;
+    }
+    const outcome = await this.#claimedConnection(agent, { type: 'flow', service: service.config.name, source, maxDatagram }, flowEnded);
+    if (typeof outcome === 'string') {
+      this.#stats[outcome]++;
+      return undefined;
+    }
+    return outcome.conn;
+  };
 
   /** The agent's control channel; when it has none, waits for one up to `timeoutMs` (or until the user leaves). */
   #controlOf(agent: AgentState, timeoutMs: number, userLeft: AbortSignal): Promise<ControlSession | undefined> {
@@ -528,5 +564,12 @@ function agentAllowlists(agents: RelayOptions['agents']): Map<string, readonly s
 }
 
 function sameService(a: ServiceConfig, b: ServiceConfig): boolean {
-  return a.agent === b.agent && a.publicHost === b.publicHost && a.publicPort === b.publicPort && a.proxyProtocol === b.proxyProtocol;
+  return (
+    a.agent === b.agent &&
+    a.publicHost === b.publicHost &&
+    a.publicPort === b.publicPort &&
+    a.proxyProtocol === b.proxyProtocol &&
+    (a.protocol ?? 'tcp') === (b.protocol ?? 'tcp') &&
+    JSON.stringify(a.udp ?? {}) === JSON.stringify(b.udp ?? {})
+  );
 }

@@ -33,6 +33,21 @@ services:
     expect(config.services).toEqual([{ name: 's', agent: 'a', publicHost: undefined, publicPort: 9000 }]);
   });
 
+  it('reads a UDP service and its flow settings, on a port number a TCP service also uses', () => {
+    const config = parseRelayConfig(
+      JSON.stringify({
+        agents: { a: { token: EAST } },
+        services: [
+          { name: 'dns-tcp', agent: 'a', public: ':53' },
+          { name: 'dns', agent: 'a', public: ':53', protocol: 'udp', idleTimeout: 30_000, maxFlows: 100, maxDatagram: 1_232 },
+        ],
+      }),
+      'relay.json',
+      {},
+    );
+    expect(config.services[1]).toEqual({ name: 'dns', agent: 'a', publicHost: undefined, publicPort: 53, protocol: 'udp', udp: { idleTimeout: 30_000, maxFlows: 100, maxDatagram: 1_232 } });
+  });
+
   const valid = { agents: { east: { token: EAST } }, services: [{ name: 'web', agent: 'east', public: ':8080' }] };
   it.each([
     ['not YAML', '{ agents: [', '(document)'],
@@ -49,6 +64,10 @@ services:
     ['a bad address', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: 'nowhere' }] }), 'services[0].public: expected host:port'],
     ['port 0', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':0' }] }), 'services[0].public: a public port is needed'],
     ['a bad PROXY version', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', proxyProtocol: 'v3' }] }), 'services[0].proxyProtocol: expected v1 or v2'],
+    ['an unknown protocol', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', protocol: 'sctp' }] }), 'services[0].protocol: expected tcp or udp'],
+    ['flow settings on a TCP service', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', maxFlows: 9 }] }), 'services[0].maxFlows: only for a UDP service'],
+    ['a datagram maximum over UDP', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', protocol: 'udp', maxDatagram: 70_000 }] }), 'services[0].maxDatagram: expected a whole number of bytes from 1 to 65507'],
+    ['PROXY on UDP', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', protocol: 'udp', proxyProtocol: 'v2' }] }), 'services[0].proxyProtocol: the PROXY protocol is for TCP'],
     ['a bad name', JSON.stringify({ ...valid, services: [{ name: 'a b', agent: 'east', public: ':1' }] }), 'services[0].name:'],
   ])('refuses %s, naming the file and the key', (_label, text, message) => {
     expect(() => parseRelayConfig(text, 'relay.yaml', {})).toThrow(expect.objectContaining({ code: 'ERR_CONFIG', message: expect.stringContaining(`relay.yaml: ${message}`) }));

@@ -16,6 +16,10 @@ async function main(): Promise<void> {
       port: { type: 'string', description: 'port for agents', default: '10101', range: PORT_RANGE },
       'public-host': { type: 'string', description: 'interface for users', default: '::' },
       'public-port': { type: 'string', description: 'port for users', default: '10080', range: PORT_RANGE },
+      udp: { type: 'boolean', description: 'the public port is UDP: each user address and port is a flow on a pooled connection of its own' },
+      'udp-idle-timeout': { type: 'string', description: 'with --udp: a flow silent both ways for this long is closed on both ends, ms', default: '60000', range: [1, MS_RANGE[1]] },
+      'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a datagram that would open another is dropped)', default: '1024', range: [1, 1_000_000] },
+      'udp-max-datagram': { type: 'string', description: 'with --udp: largest datagram carried, bytes (larger ones are dropped, never split)', default: '65507', range: [1, 65_507] },
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
       'tls-key': { type: 'string', description: 'PEM private key file' },
@@ -43,6 +47,7 @@ async function main(): Promise<void> {
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
   if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
+  if (config && flags.udp) throw new Error(`--udp: with --config, each service says its protocol in ${configFile}`);
   let tls: { cert: string | Buffer; key: string | Buffer; fingerprint?: string } | undefined;
   const certFiles = config?.tls ?? (flags['tls-cert'] || flags['tls-key'] ? { cert: flags['tls-cert'], key: flags['tls-key'] } : undefined);
   if (certFiles) {
@@ -79,6 +84,10 @@ async function main(): Promise<void> {
     ...(config && { agents: config.agents, services: config.services }),
     publicHost: String(flags['public-host']),
     publicPort: numberFlag(flags, 'public-port'),
+    ...(flags.udp === true && {
+      publicProtocol: 'udp' as const,
+      udp: { idleTimeout: numberFlag(flags, 'udp-idle-timeout'), maxFlows: numberFlag(flags, 'udp-max-flows'), maxDatagram: numberFlag(flags, 'udp-max-datagram') },
+    }),
     tls: tls && { cert: tls.cert, key: tls.key },
     allow,
     token: flags.token === undefined ? undefined : String(flags.token),
@@ -101,7 +110,9 @@ async function main(): Promise<void> {
     () => operations.shutDown(relay),
     () => {
       const s = relay.stats();
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}`;
+      const udp = Object.values(s.services).filter((service) => service.udp !== undefined);
+      const flows = udp.length === 0 ? '' : ` flows=${udp.reduce((sum, service) => sum + service.open, 0)} udp-dropped=${udp.reduce((sum, service) => sum + Object.values(service.udp!.dropped).reduce((a, b) => a + b, 0), 0)}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),
   );

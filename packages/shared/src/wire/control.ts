@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { PoolError } from '../core/errors.js';
 import { isValidId } from './id.js';
+import { MAX_DATAGRAM_BYTES } from './datagram.js';
 
 /**
  * The relay ↔ agent control channel: a WebSocket on path {@link CONTROL_PATH}
@@ -45,7 +46,7 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
  * agent keeps working.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
-export const CONTROL_FEATURES = ['claimed', 'demand', 'session'] as const;
+export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'udp'] as const;
 export type ControlFeature = (typeof CONTROL_FEATURES)[number];
 
 /** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
@@ -72,6 +73,24 @@ export interface ConnectMessage {
   /** The user's address (PROXY source), and the public address it connected to (PROXY destination). */
   source?: Endpoint;
   destination?: Endpoint;
+}
+
+/**
+ * Relay → agent: claim the pooled connection `id` for one UDP flow (one user
+ * address and port) of `service`, and carry its datagrams, framed (see
+ * `frameDatagram`), between that connection and the service's target. The
+ * flow ends when the connection closes.
+ */
+export interface FlowMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'flow';
+  id: string;
+  /** Default: {@link DEFAULT_SERVICE}. */
+  service?: string;
+  /** The user's address and port, for the agent's logs. */
+  source?: Endpoint;
+  /** The largest datagram either side may send on this flow, in bytes; larger ones are dropped, never split. */
+  maxDatagram: number;
 }
 
 /** Relay → agent, first on every control channel: the secret to present on pooled upgrades (see {@link SESSION_HEADER}). */
@@ -103,7 +122,7 @@ export interface DemandMessage {
   waiting: number;
 }
 
-export type ControlMessage = ConnectMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage;
+export type ControlMessage = ConnectMessage | FlowMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage;
 
 /** Largest `waiting` a demand message may carry. */
 export const MAX_DEMAND = 1_000_000;
@@ -135,6 +154,22 @@ export function decodeControl(text: string): ControlMessage {
     case 'connect':
       if (!isValidId(message.id)) throw new ControlMessageError('connect without a valid id');
       return { v: CONTROL_VERSION, type: 'connect', id: message.id, ...connectDetails(message) };
+    case 'flow': {
+      if (!isValidId(message.id)) throw new ControlMessageError('flow without a valid id');
+      const { maxDatagram } = message;
+      if (typeof maxDatagram !== 'number' || !Number.isInteger(maxDatagram) || maxDatagram < 1 || maxDatagram > MAX_DATAGRAM_BYTES) {
+        throw new ControlMessageError(`flow without a maxDatagram from 1 to ${MAX_DATAGRAM_BYTES}`);
+      }
+      const { service } = connectDetails(message);
+      return {
+        v: CONTROL_VERSION,
+        type: 'flow',
+        id: message.id,
+        ...(service !== undefined && { service }),
+        ...(message.source !== undefined && { source: endpoint(message.source, 'source') }),
+        maxDatagram,
+      };
+    }
     case 'claimed':
       if (!isValidId(message.id)) throw new ControlMessageError('claimed without a valid id');
       return { v: CONTROL_VERSION, type: 'claimed', id: message.id };
@@ -175,7 +210,7 @@ function connectDetails(message: Record<string, unknown>): Omit<ConnectMessage, 
 function endpoint(value: unknown, name: string): Endpoint {
   const { address, port } = (value ?? {}) as Record<string, unknown>;
   if (typeof address !== 'string' || isIP(address) === 0 || typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65_535) {
-    throw new ControlMessageError(`connect with a malformed ${name} address`);
+    throw new ControlMessageError(`a malformed ${name} address`);
   }
   return { address, port };
 }

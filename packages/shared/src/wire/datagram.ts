@@ -1,0 +1,103 @@
+import { ProtocolError } from '../core/errors.js';
+
+/**
+ * UDP over a pooled connection: each datagram travels as a 2-byte big-endian
+ * length and then its bytes, so boundaries survive the byte stream. A
+ * datagram is never split or merged; one over the flow's maximum is dropped
+ * by whoever would send it.
+ */
+export const DATAGRAM_LENGTH_BYTES = 2;
+
+/** The largest UDP payload over IPv4, and so the most a flow may allow. */
+export const MAX_DATAGRAM_BYTES = 65_507;
+
+/** The datagram framed for the pooled connection: length, then bytes (one buffer, so one write). */
+export function frameDatagram(datagram: Uint8Array): Buffer {
+  const frame = Buffer.allocUnsafe(DATAGRAM_LENGTH_BYTES + datagram.length);
+  frame.writeUInt16BE(datagram.length, 0);
+  frame.set(datagram, DATAGRAM_LENGTH_BYTES);
+  return frame;
+}
+
+/**
+ * Cuts a pooled connection's byte stream back into datagrams. Chunks may end
+ * anywhere, inside the length too; a length over `maxBytes` is the peer
+ * breaking the protocol (it must drop such a datagram, not send it) and
+ * throws `ERR_PROTOCOL`.
+ */
+export class DatagramReader {
+  readonly #maxBytes: number;
+  /** Bytes received and not yet part of a whole datagram. */
+  #pending: Buffer = Buffer.alloc(0);
+
+  constructor(maxBytes: number) {
+    this.#maxBytes = maxBytes;
+  }
+
+  /** The whole datagrams `chunk` completes, in order. */
+  push(chunk: Buffer): Buffer[] {
+    let data = this.#pending.length === 0 ? chunk : Buffer.concat([this.#pending, chunk]);
+    const datagrams: Buffer[] = [];
+    while (data.length >= DATAGRAM_LENGTH_BYTES) {
+      const length = data.readUInt16BE(0);
+      if (length > this.#maxBytes) throw new ProtocolError(`a framed datagram of ${length} bytes, over the flow's maximum of ${this.#maxBytes}`);
+      const end = DATAGRAM_LENGTH_BYTES + length;
+      if (data.length < end) break;
+      datagrams.push(data.subarray(DATAGRAM_LENGTH_BYTES, end));
+      data = data.subarray(end);
+    }
+    // A copy, so that a small remainder does not pin a large chunk.
+    this.#pending = data.length === 0 ? Buffer.alloc(0) : Buffer.from(data);
+    return datagrams;
+  }
+}
+
+/** Bytes of framed datagrams one write carries at most: a batch this large is written at once. */
+const BATCH_MAX_BYTES = 64 * 1024;
+
+/**
+ * Collects the datagrams framed for one connection during a turn of the event
+ * loop and writes them together: under load one WebSocket message then
+ * carries many datagrams (one frame header, one mask, one syscall), while a
+ * lone datagram waits for nothing but the end of the current turn.
+ */
+export class DatagramBatch {
+  readonly #write: (frames: Buffer) => void;
+  #frames: Buffer[] = [];
+  #bytes = 0;
+  #scheduled: NodeJS.Immediate | undefined;
+
+  constructor(write: (frames: Buffer) => void) {
+    this.#write = write;
+  }
+
+  /** Framed bytes not yet written. */
+  get pendingBytes(): number {
+    return this.#bytes;
+  }
+
+  add(datagram: Uint8Array): void {
+    this.#frames.push(frameDatagram(datagram));
+    this.#bytes += DATAGRAM_LENGTH_BYTES + datagram.length;
+    if (this.#bytes >= BATCH_MAX_BYTES) this.flush();
+    else this.#scheduled ??= setImmediate(this.flush);
+  }
+
+  readonly flush = (): void => {
+    if (this.#scheduled !== undefined) clearImmediate(this.#scheduled);
+    this.#scheduled = undefined;
+    if (this.#frames.length === 0) return;
+    const frames = this.#frames.length === 1 ? this.#frames[0]! : Buffer.concat(this.#frames, this.#bytes);
+    this.#frames = [];
+    this.#bytes = 0;
+    this.#write(frames);
+  };
+
+  /** Drops what is pending, for a connection that is gone. */
+  discard(): void {
+    if (this.#scheduled !== undefined) clearImmediate(this.#scheduled);
+    this.#scheduled = undefined;
+    this.#frames = [];
+    this.#bytes = 0;
+  }
+}
