@@ -42,6 +42,59 @@ export async function duplexThroughput(total: number, rounds: number): Promise<R
   return Object.fromEntries(DUPLEX_MODES.map((mode) => [mode, median(samples[mode])])) as Record<DuplexMode, number>;
 }
 
+/**
+ * 1b. One direction, relay to agent: `total` bytes received through a PoolConn
+ * that a ClientPool claimed, against a raw wss client receiving the same from
+ * a raw ws server; MiB/s, median of `rounds`, the two interleaved.
+ */
+export async function downloadThroughput(total: number, rounds: number): Promise<{ poolconn: number; raw: number }> {
+  const samples = { poolconn: [] as number[], raw: [] as number[] };
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['raw', 'pool'] as const) {
+      const server = new RoleProcess('download-server', { mode, total });
+      const { port } = await server.next<{ type: 'ready'; port: number }>('ready');
+      let received = 0;
+      let started = 0;
+      let close = (): void => {};
+      await new Promise<void>((resolve) => {
+        const count = (data: Buffer): void => {
+          received += data.length;
+          if (received >= total) resolve();
+        };
+        if (mode === 'raw') {
+          const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { perMessageDeflate: false, rejectUnauthorized: false });
+          ws.on('error', () => {});
+          ws.once('open', () => (started = performance.now()));
+          ws.on('message', count);
+          close = () => ws.terminate();
+          return;
+        }
+        const agent = new ClientPool({ server: `127.0.0.1:${port}`, tls: 'insecure', minCap: 1, maxCap: 1 });
+        agent.on('error', () => {});
+        agent.ClientManager();
+        close = () => void agent.Close();
+        void server.next<{ type: 'id'; id: string }>('id').then(async ({ id }) => {
+          started = performance.now();
+          const conn = await agent.OutgoingGet(id, 10_000);
+          conn.on('error', () => {});
+          conn.on('data', count);
+          const stop = close;
+          close = () => {
+            conn.destroy();
+            stop();
+          };
+        });
+      });
+      const mibps = total / 2 ** 20 / ((performance.now() - started) / 1000);
+      samples[mode === 'pool' ? 'poolconn' : 'raw'].push(mibps);
+      console.log(`  download ${mode.padEnd(4)} round ${round + 1}: ${mibps.toFixed(0)} MiB/s`);
+      close();
+      server.kill();
+    }
+  }
+  return { poolconn: median(samples.poolconn), raw: median(samples.raw) };
+}
+
 export interface FillResult {
   rawSequentialPerSecond: number;
   rawConcurrentPerSecond: number;

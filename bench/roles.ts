@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-export type Role = 'duplex-server' | 'relay' | 'agent' | 'raw-server' | 'raw-clients';
+export type Role = 'duplex-server' | 'download-server' | 'relay' | 'agent' | 'raw-server' | 'raw-clients';
 export type DuplexMode = 'poolconn' | 'ws-send' | 'ws-stream' | 'raw-tls';
 export const DUPLEX_MODES: DuplexMode[] = ['poolconn', 'ws-send', 'ws-stream', 'raw-tls'];
 const CHUNK = 64 * 1024;
@@ -121,6 +121,41 @@ async function duplexServer({ mode, total }: { mode: DuplexMode; total: number }
   send({ type: 'ready', port: address.port });
 }
 
+/**
+ * Sends `total` bytes, in 64 KiB writes, to whoever connects: over a raw wss
+ * connection (`ws.send`, waiting for the socket to drain) or over a PoolConn
+ * a ServerPool hands out (whose ID it reports). One direction only, so that
+ * the client's receive path is what is measured.
+ */
+async function downloadServer({ mode, total }: { mode: 'raw' | 'pool'; total: number }): Promise<void> {
+  const cert = await generateDevCertificate();
+  const chunk = Buffer.alloc(CHUNK, 0x5a);
+  if (mode === 'pool') {
+    const pool = new ServerPool({ host: '127.0.0.1', tls: cert, maxCap: 4 });
+    await pool.ServerManager();
+    send({ type: 'ready', port: pool.address()!.port });
+    const { id, conn } = await pool.IncomingGet(60_000);
+    send({ type: 'id', id });
+    void sendAndCount(pipeOver(conn), total);
+    return;
+  }
+  const server = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => {
+    const pipe = pipeOverWebSocket(ws);
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < total) {
+        sent += CHUNK;
+        if (!pipe.write(chunk)) return pipe.onDrain(pump);
+      }
+    };
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  send({ type: 'ready', port: (server.address() as AddressInfo).port });
+}
+
 /** The relay: a ServerPool. Commands: mem, count, gets (IncomingGet latency), cpu (CPU use over a window). */
 async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number }): Promise<void> {
   const cert = await generateDevCertificate();
@@ -220,6 +255,7 @@ async function rawClients({ port, count, concurrency }: { port: number; count: n
 
 const roles: Record<Role, (args: never) => Promise<void>> = {
   'duplex-server': duplexServer,
+  'download-server': downloadServer,
   relay,
   agent,
   'raw-server': rawServer,

@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { bursts, type BurstRow } from './burst.js';
 import { udpThroughTunnel } from './udp.js';
 import { killAll } from './lib.js';
-import { duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type MemoryRow } from './measure.js';
+import { downloadThroughput, duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type MemoryRow } from './measure.js';
 import { barChart, document, lineChart } from './svg.js';
 
 // `pnpm bench -- --quick` passes the `--` through: it is not an argument.
@@ -45,6 +45,12 @@ async function main(): Promise<void> {
     duplex = await duplexThroughput(sizes.duplexBytes, sizes.rounds);
     results.duplexMBpsEachWay = duplex;
     check('PoolConn duplex throughput', `${duplex.poolconn!.toFixed(0)} MB/s`, `raw ws ${duplex['ws-send']!.toFixed(0)} MB/s`, duplex.poolconn! / duplex['ws-send']!, '>= 0.95 x raw ws', duplex.poolconn! >= 0.95 * duplex['ws-send']!);
+  }
+  if (wanted('download')) {
+    console.log(`1b. download, relay to agent, ${sizes.bulk / 2 ** 20} MiB, ${sizes.rounds} round(s)`);
+    const download = await downloadThroughput(sizes.bulk, sizes.rounds);
+    results.downloadMiBps = download;
+    check('PoolConn receive on the agent (relay to agent, one direction)', `${download.poolconn.toFixed(0)} MiB/s`, `raw wss receive ${download.raw.toFixed(0)} MiB/s`, download.poolconn / download.raw, '>= 0.95 x raw wss', download.poolconn >= 0.95 * download.raw);
   }
   if (wanted('fill')) {
     console.log(`2. pool fill rate, ${sizes.fill} connections`);
