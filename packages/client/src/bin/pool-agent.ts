@@ -40,8 +40,8 @@ async function main(): Promise<void> {
     'The private half of a tunnel: keeps pooled connections to the relay at --server and connects each\ntunnel the relay opens to --target.',
     {
       server: { type: 'string', description: 'the relay, host:port or ws(s)://host:port (required)' },
-      target: { type: 'string', description: "the local service, host:port: the relay's service `default` (this, or --service)" },
-      service: { type: 'string', multiple: true, description: 'a service this agent serves, name=host:port' },
+      target: { type: 'string', description: "the local service, host:port: the relay's service `default` (this, or --service); reached over UDP when the relay's service is UDP" },
+      service: { type: 'string', multiple: true, description: 'a service this agent serves, name=host:port (TCP, or UDP when the relay says so)' },
       name: { type: 'string', description: "this agent's name in the relay's configuration (checked against its token)" },
       tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off (default: verified; off for a ws:// server)' },
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },

@@ -44,10 +44,10 @@ async function main(): Promise<void> {
   if (allow?.length === 0) throw new Error(`--allow ${JSON.stringify(flags.allow)}: an empty allowlist; give IPs or CIDR ranges, or leave --allow out to admit everyone`);
   if (flags.plain && (flags['tls-cert'] || flags['tls-key'])) throw new Error('--plain and --tls-cert/--tls-key exclude each other');
   const configFile = flags.config === undefined ? undefined : String(flags.config);
+  if (configFile !== undefined && flags.udp) throw new Error(`--udp: with --config, each service says its protocol in ${configFile}`);
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
   if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
-  if (config && flags.udp) throw new Error(`--udp: with --config, each service says its protocol in ${configFile}`);
   let tls: { cert: string | Buffer; key: string | Buffer; fingerprint?: string } | undefined;
   const certFiles = config?.tls ?? (flags['tls-cert'] || flags['tls-key'] ? { cert: flags['tls-cert'], key: flags['tls-key'] } : undefined);
   if (certFiles) {
