@@ -4,7 +4,37 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { connect, isIPv6, type Socket } from 'node:net';
 import WebSocket from 'ws';
-import { UnknownServiceError, InvalidOptionError, TargetUnreachableError, splice, type DrainResult, type PoolConn, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, DEFAULT_SERVICE, NAME_PATTERN, SERVICES_HEADER, SESSION_HEADER, type ConnectMessage, type FlowMessage, DatagramBatch, DatagramReader, CLOSE_TARGET_UNREACHABLE, CONTROL_FEATURES, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, ControlMessageError, TOKEN_HEADER, checkMs, upgradeRejection, decodeControl, encodeControl } from '@pool/shared/internal';
+import {
+  UnknownServiceError,
+  InvalidOptionError,
+  TargetUnreachableError,
+  splice,
+  type DrainResult,
+  type PoolConn,
+  ErrorCountingEmitter,
+  AGENT_ID_HEADER,
+  AGENT_NAME_HEADER,
+  DEFAULT_SERVICE,
+  NAME_PATTERN,
+  SERVICES_HEADER,
+  SESSION_HEADER,
+  type ConnectMessage,
+  type FlowMessage,
+  DatagramBatch,
+  DatagramReader,
+  CLOSE_TARGET_UNREACHABLE,
+  CONTROL_FEATURES,
+  CONTROL_FEATURES_HEADER,
+  CONTROL_MAX_BYTES,
+  CONTROL_PATH,
+  CONTROL_SILENCE_PERIODS,
+  ControlMessageError,
+  TOKEN_HEADER,
+  checkMs,
+  upgradeRejection,
+  decodeControl,
+  encodeControl,
+} from '@pool/shared/internal';
 import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './client-pool.js';
 import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';

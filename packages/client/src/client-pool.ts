@@ -3,7 +3,37 @@ import type { IncomingMessage } from 'node:http';
 import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
-import { ConnectionTracker, PoolClosedError, PoolDrainingError, PoolError, parseId, type DrainResult, type Extensions, type GetOptions, type Logger, type MetricsOptions, type PoolConn, ErrorCountingEmitter, DEFAULT_MAX_PAYLOAD_BYTES, IdleConnections, KeepAliveSweeper, LeasedConnections, PendingGet, PoolMetrics, TOKEN_HEADER, checkInt, checkMs, checkOrdered, drainPool, negotiated, offerHeaders, outcomeOf, rawSocketOf, receiveIdle, type IdleSocket } from '@pool/shared/internal';
+import {
+  ConnectionTracker,
+  PoolClosedError,
+  PoolDrainingError,
+  PoolError,
+  parseId,
+  type DrainResult,
+  type Extensions,
+  type GetOptions,
+  type Logger,
+  type MetricsOptions,
+  type PoolConn,
+  ErrorCountingEmitter,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  IdleConnections,
+  KeepAliveSweeper,
+  LeasedConnections,
+  PendingGet,
+  PoolMetrics,
+  TOKEN_HEADER,
+  checkInt,
+  checkMs,
+  checkOrdered,
+  drainPool,
+  negotiated,
+  offerHeaders,
+  outcomeOf,
+  rawSocketOf,
+  receiveIdle,
+  type IdleSocket,
+} from '@pool/shared/internal';
 import { nextBurst, nextCapacity, nextInterval, outageInterval } from './adapt.js';
 import { resolveRelayTarget, type TlsMode } from './server-address.js';
 import { TlsSessionCache } from './tls-session-cache.js';

@@ -1,6 +1,16 @@
 import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
-import { PoolClosedError, type PoolConn, PendingGet, decodeControl, encodeControl, type ConnectMessage, type FlowMessage, type ControlFeature, type ControlMessage } from '@pool/shared/internal';
+import {
+  PoolClosedError,
+  type PoolConn,
+  PendingGet,
+  decodeControl,
+  encodeControl,
+  type ConnectMessage,
+  type FlowMessage,
+  type ControlFeature,
+  type ControlMessage,
+} from '@pool/shared/internal';
 
 /**
  * One agent's control channel, from its upgrade until it closes: when the

@@ -3,7 +3,28 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { PoolClosedError, type DrainResult, type Endpoint, type FlowMessage, type ConnectMessage, type PoolConn, splice, ErrorCountingEmitter, AGENT_ID_HEADER, AGENT_NAME_HEADER, CONTROL_FEATURES_HEADER, CONTROL_MAX_BYTES, CONTROL_PATH, CONTROL_SILENCE_PERIODS, DEFAULT_SERVICE, SERVICES_HEADER, checkInt, checkMs, listen, parseControlFeatures } from '@pool/shared/internal';
+import {
+  PoolClosedError,
+  type DrainResult,
+  type Endpoint,
+  type FlowMessage,
+  type ConnectMessage,
+  type PoolConn,
+  splice,
+  ErrorCountingEmitter,
+  AGENT_ID_HEADER,
+  AGENT_NAME_HEADER,
+  CONTROL_FEATURES_HEADER,
+  CONTROL_MAX_BYTES,
+  CONTROL_PATH,
+  CONTROL_SILENCE_PERIODS,
+  DEFAULT_SERVICE,
+  SERVICES_HEADER,
+  checkInt,
+  checkMs,
+  listen,
+  parseControlFeatures,
+} from '@pool/shared/internal';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { AgentSessions, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';

@@ -4,7 +4,35 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { SecureContextOptions, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { ConnectionTracker, PoolClosedError, PoolDrainingError, InvalidOptionError, PoolConn, generateId, type DrainResult, type Extensions, type GetOptions, type Logger, type MetricsOptions, ErrorCountingEmitter, DEFAULT_MAX_PAYLOAD_BYTES, IdleConnections, IdleSocket, KeepAliveSweeper, LeasedConnections, PendingGet, PoolMetrics, checkInt, checkMs, confirmHeaderLines, drainPool, negotiated, listen, rawSocketOf, sendIdFrame } from '@pool/shared/internal';
+import {
+  ConnectionTracker,
+  PoolClosedError,
+  PoolDrainingError,
+  InvalidOptionError,
+  PoolConn,
+  generateId,
+  type DrainResult,
+  type Extensions,
+  type GetOptions,
+  type Logger,
+  type MetricsOptions,
+  ErrorCountingEmitter,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  IdleConnections,
+  IdleSocket,
+  KeepAliveSweeper,
+  LeasedConnections,
+  PendingGet,
+  PoolMetrics,
+  checkInt,
+  checkMs,
+  confirmHeaderLines,
+  drainPool,
+  negotiated,
+  listen,
+  rawSocketOf,
+  sendIdFrame,
+} from '@pool/shared/internal';
 import { HeadersDeadline, admit, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy } from './admission.js';
 import { parseAllowlist } from './allowlist.js';
 import { ClientGroups, type ClientGroup } from './client-groups.js';

@@ -1,6 +1,16 @@
 import { describe, expect, it } from '@jest/globals';
 import { randomBytes } from 'node:crypto';
-import { CONTROL_MAX_BYTES, DATAGRAM_LENGTH_BYTES, DatagramBatch, DatagramReader, MAX_DATAGRAM_BYTES, decodeControl, encodeControl, frameDatagram, parseControlFeatures } from '@pool/shared/internal';
+import {
+  CONTROL_MAX_BYTES,
+  DATAGRAM_LENGTH_BYTES,
+  DatagramBatch,
+  DatagramReader,
+  MAX_DATAGRAM_BYTES,
+  decodeControl,
+  encodeControl,
+  frameDatagram,
+  parseControlFeatures,
+} from '@pool/shared/internal';
 import { envNameOf, parseCommandLine } from '@pool/shared/cli';
 
 describe('control messages', () => {

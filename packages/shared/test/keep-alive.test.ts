@@ -1,6 +1,13 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import { once } from 'node:events';
-import { DEAD_AFTER_PERIODS, KeepAliveSweeper, PING_AFTER_PERIODS, SWEEPS_PER_PERIOD, livenessAction, type LivenessAction } from '@pool/shared/internal';
+import {
+  DEAD_AFTER_PERIODS,
+  KeepAliveSweeper,
+  PING_AFTER_PERIODS,
+  SWEEPS_PER_PERIOD,
+  livenessAction,
+  type LivenessAction,
+} from '@pool/shared/internal';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 
 let pair: ConnPair | undefined;

@@ -41,9 +41,10 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
 /**
  * Upgrade header in which an agent lists the control features it speaks
  * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,
- * so the relay can put a deadline on orders) and `demand` (it dials for users
- * waiting at the relay). A relay uses only what the agent listed, so an older
- * agent keeps working.
+ * so the relay can put a deadline on orders), `demand` (it dials for users
+ * waiting at the relay), `session` (it presents the session secret on its
+ * pooled upgrades) and `udp` (it carries `flow`s). A relay uses only what the
+ * agent listed, so an older agent keeps working where it can.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
 export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'udp'] as const;
@@ -55,7 +56,7 @@ export function parseControlFeatures(header: string | string[] | undefined): Set
   return new Set(CONTROL_FEATURES.filter((feature) => names.includes(feature)));
 }
 
-/** An endpoint of a user's connection, for the PROXY protocol header. */
+/** An endpoint of a user's connection: for the PROXY protocol header, and a UDP flow's source. */
 export interface Endpoint {
   address: string;
   port: number;
