@@ -31,8 +31,13 @@ export interface UdpStats {
 /** Gets a pooled connection the agent has claimed for a new flow, or undefined (counted by the caller's stats). */
 export type FlowOpener = (service: UdpService, source: Endpoint, maxDatagram: number, signal: AbortSignal) => Promise<PoolConn | undefined>;
 
-/** Datagrams a flow keeps while its pooled connection is being claimed; more are dropped. */
+/**
+ * What a flow keeps while its pooled connection is being claimed: at most 64
+ * datagrams and 64 KiB, so that many new sources sending large datagrams at
+ * once hold at most `maxFlows` × 64 KiB. More are dropped.
+ */
 const OPENING_QUEUE_DATAGRAMS = 64;
+const OPENING_QUEUE_BYTES = 64 * 1024;
 /**
  * Bytes a flow may have waiting to be written to its pooled connection; past
  * this, its datagrams are dropped as UDP would drop them, and no other flow
@@ -48,6 +53,7 @@ class UdpFlow {
   /** The datagrams for `conn` of this turn of the event loop, written together. */
   batch: DatagramBatch | undefined;
   queued: Buffer[] = [];
+  queuedBytes = 0;
   closed = false;
   readonly closing = new AbortController();
   readonly idle: NodeJS.Timeout;
@@ -147,8 +153,9 @@ export class UdpService {
     }
     flow.idle.refresh();
     if (flow.conn === undefined || flow.batch === undefined) {
-      if (flow.queued.length >= OPENING_QUEUE_DATAGRAMS) return this.#drop('queueFull');
+      if (flow.queued.length >= OPENING_QUEUE_DATAGRAMS || flow.queuedBytes + datagram.length > OPENING_QUEUE_BYTES) return this.#drop('queueFull');
       flow.queued.push(datagram);
+      flow.queuedBytes += datagram.length;
       return;
     }
     this.#forward(flow.conn, flow.batch, datagram);

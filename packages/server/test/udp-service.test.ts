@@ -89,6 +89,40 @@ describe('UdpService', () => {
     expect(service.stats.open).toBe(2);
   }, 60_000);
 
+  it('keeps at most 64 KiB of a flow while its connection is being claimed, and delivers what it kept in order', async () => {
+    let release: () => void = () => {};
+    const claimed = new Promise<void>((resolve) => (release = resolve));
+    const user = await userSocket();
+    service = new UdpService(
+      { name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' },
+      async (_service, _source, maxDatagram) => {
+        await claimed;
+        const pair = await connPair({ tls: false });
+        pairs.push(pair);
+        echo(pair.client, maxDatagram);
+        return pair.server;
+      },
+      (error) => {
+        throw error;
+      },
+    );
+    await service.listen();
+    const replies: Buffer[] = [];
+    user.on('message', (reply: Buffer) => replies.push(reply));
+    const sent = [Buffer.alloc(30_000, 1), Buffer.alloc(30_000, 2), Buffer.alloc(30_000, 3), Buffer.alloc(10, 4)];
+    for (const datagram of sent) user.send(datagram, service.port(), '127.0.0.1');
+    const deadline = Date.now() + 5_000;
+    while (service.stats.udp.datagrams.fromUsers < sent.length && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(service.stats.udp.dropped.queueFull).toBe(1);
+    release();
+    while (replies.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(replies.map((reply) => [reply.length, reply[0]])).toEqual([
+      [30_000, 1],
+      [30_000, 2],
+      [10, 4],
+    ]);
+  }, 30_000);
+
   it('ends a flow whose connection closes, and opens a new one for the next datagram', async () => {
     let opened = 0;
     const user = await userSocket();
