@@ -100,8 +100,9 @@ async function main(): Promise<number> {
 
   latencies.sort((a, b) => a - b);
   const relayStats = relay.stats();
-  const capacities = samples.map((s) => s.capacity);
-  const intervals = samples.map((s) => s.interval);
+  // The final values belong to the range too: the sampler may have missed the last change.
+  const capacities = [...samples.map((s) => s.capacity), agent.pool.Capacity()];
+  const intervals = [...samples.map((s) => s.interval), agent.pool.Interval()];
   console.log('\nsummary');
   console.log(`  requests      ${done} in ${seconds.toFixed(2)} s (${Math.round(done / seconds)} req/s), ${errors} errors`);
   console.log(`  latency       p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms`);
