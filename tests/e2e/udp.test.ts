@@ -35,7 +35,7 @@ async function udpSocket(): Promise<Socket> {
 }
 
 /** A relay with one UDP public port and an agent whose target is `target`; the relay's ports. */
-async function udpTunnel(target: number, relayArgs: string[] = []): Promise<{ relay: CliProcess; agent: CliProcess; publicPort: number; metricsPort: number }> {
+async function udpTunnel(target: number, relayArgs: string[] = []): Promise<{ relay: CliProcess; agent: CliProcess; publicPort: number; metricsPort: number; agentMetricsPort: number }> {
   const relay = new CliProcess(RELAY_BIN, [
     '--plain', '--udp', '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0',
     '--token', TOKEN, '--status-interval', '100', '--metrics-port', '0', ...relayArgs,
@@ -44,11 +44,12 @@ async function udpTunnel(target: number, relayArgs: string[] = []): Promise<{ re
   const ready = await relay.waitFor(/ready port=(\d+) public-port=(\d+).* metrics-port=(\d+)/, 10_000, true);
   const agent = new CliProcess(AGENT_BIN, [
     '--server', `127.0.0.1:${ready[1]}`, '--tls', 'off', '--token', TOKEN, '--target', `127.0.0.1:${target}`,
-    '--status-interval', '100', '--min-cap', '4',
+    '--status-interval', '100', '--min-cap', '4', '--metrics-port', '0',
   ]);
   processes.push(agent);
   await agent.waitFor(/control connected/, 10_000, true);
-  return { relay, agent, publicPort: Number(ready[2]), metricsPort: Number(ready[3]) };
+  const agentMetricsPort = Number((await agent.waitFor(/metrics-port=(\d+)/, 10_000, true))[1]);
+  return { relay, agent, publicPort: Number(ready[2]), metricsPort: Number(ready[3]), agentMetricsPort };
 }
 
 async function metric(port: number, pattern: RegExp): Promise<number> {
@@ -88,7 +89,10 @@ describe('a UDP service through pool-relay --udp and pool-agent', () => {
 
   beforeAll(async () => {
     const echo = await udpSocket();
-    echo.on('message', (datagram: Buffer, from: RemoteInfo) => echo.send(datagram, from.port, from.address));
+    // An echo, except that `grow` is answered with a datagram over the tunnel's maximum.
+    echo.on('message', (datagram: Buffer, from: RemoteInfo) => {
+      echo.send(datagram.toString() === 'grow' ? Buffer.alloc(MAX_DATAGRAM + 1) : datagram, from.port, from.address);
+    });
     echoPort = echo.address().port;
     tunnel = await udpTunnel(echoPort, ['--udp-idle-timeout', String(IDLE_MS), '--udp-max-datagram', String(MAX_DATAGRAM)]);
   }, 30_000);
@@ -115,6 +119,7 @@ describe('a UDP service through pool-relay --udp and pool-agent', () => {
     expect(tally.retransmits).toBeLessThan(FLOWS * PER_FLOW * 0.01);
     const status = await tunnel.relay.waitForStatus((s) => s.flows === String(FLOWS), 5_000);
     expect(status['udp-dropped']).toBe('0');
+    expect(await metric(tunnel.agentMetricsPort, /pool_agent_udp_flows_open\{[^}]*\} (\d+)/)).toBe(FLOWS);
     const received = await metric(tunnel.metricsPort, /pool_relay_udp_datagrams_total\{[^}]*direction="from_users"\} (\d+)/);
     const sent = await metric(tunnel.metricsPort, /pool_relay_udp_datagrams_total\{[^}]*direction="to_users"\} (\d+)/);
     expect(received).toBeGreaterThanOrEqual(FLOWS * PER_FLOW);
@@ -126,6 +131,7 @@ describe('a UDP service through pool-relay --udp and pool-agent', () => {
     await tunnel.relay.waitForStatus((s) => s.flows === '0', IDLE_MS + 5_000);
     await tunnel.agent.waitForStatus((s) => s.flows === '0' && s.open === '0', 5_000);
     expect(await metric(tunnel.metricsPort, /pool_relay_udp_flows_open\{[^}]*\} (\d+)/)).toBe(0);
+    expect(await metric(tunnel.agentMetricsPort, /pool_agent_udp_flows_open\{[^}]*\} (\d+)/)).toBe(0);
     expect(await metric(tunnel.metricsPort, /pool_connections\{[^}]*state="leased"\} (\d+)/)).toBe(0);
     // A flow that comes back after expiring is simply a new flow.
     const client = await udpSocket();
@@ -147,6 +153,23 @@ describe('a UDP service through pool-relay --udp and pool-agent', () => {
     expect(replies).toHaveLength(1);
     expect(replies[0]!.equals(fits)).toBe(true);
     expect(await metric(tunnel.metricsPort, /pool_relay_udp_dropped_total\{[^}]*reason="oversized"\} (\d+)/)).toBe(before + 1);
+  }, 30_000);
+
+  it("drops a target's reply over --udp-max-datagram at the agent, and counts it there", async () => {
+    const client = await udpSocket();
+    const replies: Buffer[] = [];
+    client.on('message', (reply: Buffer) => replies.push(reply));
+    // The flow is open once its first datagram is answered; then the target answers too large.
+    expect((await exchange(client, tunnel.publicPort, Buffer.from('open'), { retransmits: 0 }))?.toString()).toBe('open');
+    client.send('grow', tunnel.publicPort, '127.0.0.1');
+    const deadline = Date.now() + 5_000;
+    let dropped = 0;
+    while (dropped === 0 && Date.now() < deadline) {
+      dropped = await metric(tunnel.agentMetricsPort, /pool_agent_udp_dropped_total\{[^}]*reason="oversized"\} (\d+)/);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(dropped).toBe(1);
+    expect(replies.map(String)).toEqual(['open']);
   }, 30_000);
 });
 

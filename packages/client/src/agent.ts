@@ -39,6 +39,7 @@ import { ClientPool, type ClientPoolOptions, type ClientPoolSettings } from './c
 import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';
 import { certificateHint, pinCertificate } from './certificate-pin.js';
+import { publishAgentMetrics } from './agent-metrics.js';
 
 /** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
 export interface AgentOptions extends ClientPoolOptions {
@@ -78,8 +79,8 @@ export interface AgentStats {
   targetFailures: number;
   /** UDP flows open right now (each is also an open tunnel). */
   flowsOpen: number;
-  /** Target replies not sent back to a UDP user: larger than the flow's maximum, or its connection backed up. */
-  datagramsDropped: number;
+  /** Target replies not sent back to a UDP user: larger than the flow's maximum, or while its connection was backed up. */
+  datagramsDropped: { oversized: number; backpressure: number };
   /** Demand messages received: users waiting at the relay, dialled for at once. */
   demands: number;
   /** Orders for a service this agent does not serve. */
@@ -170,7 +171,9 @@ export class Agent extends ErrorCountingEmitter {
   readonly #keepAliveMs: number;
 
   readonly #tunnels = new Set<PoolConn>();
-  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0, flowsOpen: 0, datagramsDropped: 0 };
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0, flowsOpen: 0 };
+  readonly #datagramsDropped = { oversized: 0, backpressure: 0 };
+  readonly #unpublishMetrics: (() => void) | undefined;
   #control: WebSocket | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
@@ -189,6 +192,7 @@ export class Agent extends ErrorCountingEmitter {
     this.#targetTimeoutMs = checkMs('targetTimeout', options.targetTimeout ?? 5_000, 1);
     this.pool = new ClientPool(options);
     this.pool.on('error', this.forwardError);
+    this.#unpublishMetrics = options.metrics && publishAgentMetrics(options.metrics, () => this.stats());
     this.#keepAliveMs = options.keepAlive ?? 30_000;
     const relay = resolveRelayTarget(options.server, options.tls);
     this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
@@ -222,6 +226,7 @@ export class Agent extends ErrorCountingEmitter {
     const { dials, demandDials, rounds } = this.pool.stats();
     return {
       ...this.#stats,
+      datagramsDropped: { ...this.#datagramsDropped },
       dials,
       demandDials,
       rounds,
@@ -252,6 +257,7 @@ export class Agent extends ErrorCountingEmitter {
     this.#closed = true;
     clearTimeout(this.#retryTimer);
     clearInterval(this.#pingTimer);
+    this.#unpublishMetrics?.();
     this.#control?.terminate();
     for (const conn of this.#tunnels) conn.destroy();
     await this.pool.Close();
@@ -446,8 +452,12 @@ export class Agent extends ErrorCountingEmitter {
         for (const datagram of datagrams) flowSocket.send(datagram);
       });
       flowSocket.on('message', (datagram: Buffer) => {
-        if (datagram.length > order.maxDatagram || conn.writableLength + batch.pendingBytes > FLOW_WRITE_LIMIT_BYTES) {
-          this.#stats.datagramsDropped++;
+        if (datagram.length > order.maxDatagram) {
+          this.#datagramsDropped.oversized++;
+          return;
+        }
+        if (conn.writableLength + batch.pendingBytes > FLOW_WRITE_LIMIT_BYTES) {
+          this.#datagramsDropped.backpressure++;
           return;
         }
         batch.add(datagram);

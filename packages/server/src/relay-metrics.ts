@@ -1,12 +1,10 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { MetricsOptions } from '@pool/shared';
+import { publishStats } from '@pool/shared/internal';
 import type { RelayStats } from './relay.js';
 
-/** The relays publishing in one registry, by their `pool` label. */
-const statsByRegistry = new WeakMap<Registry, Map<string, () => RelayStats>>();
-
 /** Registers the relay's series in `registry` once; each reads every relay registered there at scrape time. */
-function register(registry: Registry, sources: Map<string, () => RelayStats>): void {
+function register(registry: Registry, sources: ReadonlyMap<string, () => RelayStats>): void {
   const registers = [registry];
   const each = (read: (pool: string, stats: RelayStats) => void): void => {
     for (const [pool, stats] of sources) read(pool, stats());
@@ -121,13 +119,5 @@ function register(registry: Registry, sources: Map<string, () => RelayStats>): v
  * failed), labelled `pool` as the pool's. Returns the function that removes them.
  */
 export function publishRelayMetrics(options: MetricsOptions, stats: () => RelayStats): () => void {
-  let sources = statsByRegistry.get(options.registry);
-  if (sources === undefined) {
-    sources = new Map();
-    statsByRegistry.set(options.registry, sources);
-    register(options.registry, sources);
-  }
-  const pool = options.name ?? 'relay';
-  sources.set(pool, stats);
-  return () => sources.delete(pool);
+  return publishStats('relay', options, 'relay', stats, register);
 }

@@ -18,3 +18,4 @@ export { listen } from './pool/listen.js';
 export { ErrorCountingEmitter } from './observability/error-counting-emitter.js';
 export { ConnectionTracker, percentile, type OpenState, type ConnectionTrackerOptions } from './observability/connection-tracker.js';
 export { PoolMetrics, outcomeOf, type MetricsSource } from './observability/metrics.js';
+export { publishStats } from './observability/published-stats.js';
