@@ -14,7 +14,7 @@ export interface UdpOptions {
   maxDatagram?: number;
 }
 
-export const UDP_DEFAULTS: Required<UdpOptions> = { idleTimeout: 60_000, maxFlows: 1_024, maxDatagram: 65_507 };
+const UDP_DEFAULTS: Required<UdpOptions> = { idleTimeout: 60_000, maxFlows: 1_024, maxDatagram: 65_507 };
 
 /** Why a datagram was not delivered. */
 export type UdpDropReason = 'oversized' | 'flowLimit' | 'queueFull' | 'backpressure' | 'noConnection' | 'sendFailed';
