@@ -129,7 +129,6 @@ async function duplexServer({ mode, total }: { mode: DuplexMode; total: number }
  */
 async function downloadServer({ mode, total }: { mode: 'raw' | 'pool'; total: number }): Promise<void> {
   const cert = await generateDevCertificate();
-  const chunk = Buffer.alloc(CHUNK, 0x5a);
   if (mode === 'pool') {
     const pool = new ServerPool({ host: '127.0.0.1', tls: cert, maxCap: 4 });
     await pool.ServerManager();
@@ -141,17 +140,8 @@ async function downloadServer({ mode, total }: { mode: 'raw' | 'pool'; total: nu
   }
   const server = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
   const wss = new WebSocketServer({ server, perMessageDeflate: false });
-  wss.on('connection', (ws) => {
-    const pipe = pipeOverWebSocket(ws);
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < total) {
-        sent += CHUNK;
-        if (!pipe.write(chunk)) return pipe.onDrain(pump);
-      }
-    };
-    pump();
-  });
+  // Nothing comes back: only the sending half of sendAndCount runs to completion.
+  wss.on('connection', (ws) => void sendAndCount(pipeOverWebSocket(ws), total));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   send({ type: 'ready', port: (server.address() as AddressInfo).port });
 }

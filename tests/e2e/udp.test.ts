@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { randomBytes, randomInt } from 'node:crypto';
-import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import type { RemoteInfo, Socket } from 'node:dgram';
 import { Resolver } from 'node:dns/promises';
-import { once } from 'node:events';
 import dns2 from 'dns2';
 import { request } from 'undici';
 import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
+import { boundUdpSocket } from '../helpers/udp.js';
 
 // UDP services through the real CLIs: datagram boundaries kept, replies at the
 // flow that sent, flows expiring and releasing their pooled connections,
@@ -27,10 +27,8 @@ afterAll(async () => {
 });
 
 async function udpSocket(): Promise<Socket> {
-  const socket = createSocket('udp4');
+  const socket = await boundUdpSocket();
   sockets.push(socket);
-  socket.bind(0, '127.0.0.1');
-  await once(socket, 'listening');
   return socket;
 }
 

@@ -77,6 +77,7 @@ export class UdpService {
   readonly #openFlow: FlowOpener;
   readonly #onError: (error: Error) => void;
   #listening = false;
+  #closed = false;
 
   constructor(config: ServiceConfig, openFlow: FlowOpener, onError: (error: Error) => void) {
     this.config = config;
@@ -129,8 +130,10 @@ export class UdpService {
 
   /** Stops listening and ends every flow: on UDP the public port is the users' only connection. */
   close(): void {
-    if (this.#listening) {
-      this.#listening = false;
+    this.#listening = false;
+    if (!this.#closed) {
+      // Also a socket that never bound (its bind failed, or start() never ran): it holds a handle all the same.
+      this.#closed = true;
       this.#socket.close();
     }
     for (const [source, flow] of this.#flowBySource) this.#end(source, flow);
@@ -171,7 +174,13 @@ export class UdpService {
     this.#flowBySource.set(source, flow);
     this.stats.accepted++;
     this.stats.open++;
-    void this.#openFlow(this, endpoint, this.#options.maxDatagram, flow.closing.signal).then((conn) => this.#opened(source, flow, endpoint, conn));
+    // An opener that fails is a flow without a connection, never an unhandled rejection.
+    void this.#openFlow(this, endpoint, this.#options.maxDatagram, flow.closing.signal)
+      .catch((error: unknown) => {
+        this.#onError(error as Error);
+        return undefined;
+      })
+      .then((conn) => this.#opened(source, flow, endpoint, conn));
     return flow;
   }
 

@@ -1,9 +1,10 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
-import { createSocket, type Socket } from 'node:dgram';
+import type { Socket } from 'node:dgram';
 import { once } from 'node:events';
 import { DatagramBatch, DatagramReader, type PoolConn } from '@pool/shared/internal';
+import { boundUdpSocket } from '../../../tests/helpers/udp.js';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
-import { UdpService } from '../src/udp-service.js';
+import { UdpService, type FlowOpener } from '../src/udp-service.js';
 
 // A UdpService whose flows get real pooled connections (PoolConn pairs over a
 // real WebSocket), the agent's end of each played by the test.
@@ -20,11 +21,23 @@ afterEach(async () => {
 });
 
 async function userSocket(): Promise<Socket> {
-  const socket = createSocket('udp4');
+  const socket = await boundUdpSocket();
   sockets.push(socket);
-  socket.bind(0, '127.0.0.1');
-  await once(socket, 'listening');
   return socket;
+}
+
+/** A listening UdpService on 127.0.0.1 whose flows take their connections from `openFlow`; errors it reports are kept in `errors`. */
+async function startService(openFlow: FlowOpener, errors: Error[] = []): Promise<UdpService> {
+  service = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' }, openFlow, (error) => errors.push(error));
+  await service.listen();
+  return service;
+}
+
+/** A real pooled connection for a flow; the test plays the agent's end. */
+async function pooledPair(): Promise<ConnPair> {
+  const pair = await connPair({ tls: false });
+  pairs.push(pair);
+  return pair;
 }
 
 /** The agent's end of a flow, echoing every datagram back. */
@@ -36,28 +49,34 @@ function echo(agentEnd: PoolConn, maxDatagram: number): void {
   });
 }
 
+/** Polls `condition` every 10 ms for at most 5 s. */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+/** Sends `text` from `user` and resolves with the reply. */
+async function exchange(user: Socket, port: number, text: string): Promise<string> {
+  const reply = once(user, 'message');
+  user.send(text, port, '127.0.0.1');
+  return String((await reply)[0]);
+}
+
 describe('UdpService', () => {
   it('keeps a stalled flow from delaying another: the stalled one drops (backpressure), the other is answered in full', async () => {
     const agentEnds = new Map<number, PoolConn>();
     const stalledUser = await userSocket();
     const activeUser = await userSocket();
-    service = new UdpService(
-      { name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' },
-      async (_service, source, maxDatagram) => {
-        const pair = await connPair({ tls: false });
-        pairs.push(pair);
-        agentEnds.set(source.port, pair.client);
-        // The stalled flow's agent never reads: its connection backs up.
-        if (source.port === stalledUser.address().port) pair.client.pause();
-        else echo(pair.client, maxDatagram);
-        return pair.server;
-      },
-      (error) => {
-        throw error;
-      },
-    );
-    await service.listen();
-    const port = service.port();
+    const errors: Error[] = [];
+    const udp = await startService(async (_service, source, maxDatagram) => {
+      const pair = await pooledPair();
+      agentEnds.set(source.port, pair.client);
+      // The stalled flow's agent never reads: its connection backs up.
+      if (source.port === stalledUser.address().port) pair.client.pause();
+      else echo(pair.client, maxDatagram);
+      return pair.server;
+    }, errors);
+    const port = udp.port();
 
     const flood = Buffer.alloc(1_000, 0x66);
     let flooding = true;
@@ -85,72 +104,86 @@ describe('UdpService', () => {
     await floodDone;
     expect(answered).toBe(200);
     expect(agentEnds.size).toBe(2);
-    expect(service.stats.udp.dropped.backpressure).toBeGreaterThan(0);
-    expect(service.stats.open).toBe(2);
+    expect(udp.stats.udp.dropped.backpressure).toBeGreaterThan(0);
+    expect(udp.stats.open).toBe(2);
+    expect(errors).toEqual([]);
   }, 60_000);
 
   it('keeps at most 64 KiB of a flow while its connection is being claimed, and delivers what it kept in order', async () => {
     let release: () => void = () => {};
     const claimed = new Promise<void>((resolve) => (release = resolve));
     const user = await userSocket();
-    service = new UdpService(
-      { name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' },
-      async (_service, _source, maxDatagram) => {
-        await claimed;
-        const pair = await connPair({ tls: false });
-        pairs.push(pair);
-        echo(pair.client, maxDatagram);
-        return pair.server;
-      },
-      (error) => {
-        throw error;
-      },
-    );
-    await service.listen();
+    const errors: Error[] = [];
+    const udp = await startService(async (_service, _source, maxDatagram) => {
+      await claimed;
+      const pair = await pooledPair();
+      echo(pair.client, maxDatagram);
+      return pair.server;
+    }, errors);
     const replies: Buffer[] = [];
     user.on('message', (reply: Buffer) => replies.push(reply));
     const sent = [Buffer.alloc(30_000, 1), Buffer.alloc(30_000, 2), Buffer.alloc(30_000, 3), Buffer.alloc(10, 4)];
-    for (const datagram of sent) user.send(datagram, service.port(), '127.0.0.1');
-    const deadline = Date.now() + 5_000;
-    while (service.stats.udp.datagrams.fromUsers < sent.length && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-    expect(service.stats.udp.dropped.queueFull).toBe(1);
+    for (const datagram of sent) user.send(datagram, udp.port(), '127.0.0.1');
+    await until(() => udp.stats.udp.datagrams.fromUsers >= sent.length);
+    expect(udp.stats.udp.dropped.queueFull).toBe(1);
     release();
-    while (replies.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    await until(() => replies.length >= 3);
     expect(replies.map((reply) => [reply.length, reply[0]])).toEqual([
       [30_000, 1],
       [30_000, 2],
       [10, 4],
     ]);
+    expect(errors).toEqual([]);
   }, 30_000);
 
   it('ends a flow whose connection closes, and opens a new one for the next datagram', async () => {
     let opened = 0;
     const user = await userSocket();
-    service = new UdpService(
-      { name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' },
-      async (_service, _source, maxDatagram) => {
-        opened++;
-        const pair = await connPair({ tls: false });
-        pairs.push(pair);
-        echo(pair.client, maxDatagram);
-        return pair.server;
-      },
-      (error) => {
-        throw error;
-      },
-    );
-    await service.listen();
-    const exchange = async (text: string): Promise<string> => {
-      const reply = once(user, 'message');
-      user.send(text, service!.port(), '127.0.0.1');
-      return String((await reply)[0]);
-    };
-    expect(await exchange('one')).toBe('one');
+    const errors: Error[] = [];
+    const udp = await startService(async (_service, _source, maxDatagram) => {
+      opened++;
+      const pair = await pooledPair();
+      echo(pair.client, maxDatagram);
+      return pair.server;
+    }, errors);
+    expect(await exchange(user, udp.port(), 'one')).toBe('one');
     pairs[0]!.client.destroy();
-    const deadline = Date.now() + 5_000;
-    while (service.stats.open > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
-    expect(service.stats).toMatchObject({ open: 0, finished: 1 });
-    expect(await exchange('two')).toBe('two');
+    await until(() => udp.stats.open === 0);
+    expect(udp.stats).toMatchObject({ open: 0, finished: 1 });
+    expect(await exchange(user, udp.port(), 'two')).toBe('two');
     expect(opened).toBe(2);
+    expect(errors).toEqual([]);
   }, 30_000);
+
+  it('turns an opener that fails into a flow without a connection: reported, counted, and the next datagram tries again', async () => {
+    let attempts = 0;
+    const user = await userSocket();
+    const errors: Error[] = [];
+    const udp = await startService(async (_service, _source, maxDatagram) => {
+      if (++attempts === 1) throw new Error('no agent today');
+      const pair = await pooledPair();
+      echo(pair.client, maxDatagram);
+      return pair.server;
+    }, errors);
+    user.send('lost', udp.port(), '127.0.0.1');
+    await until(() => udp.stats.failed === 1);
+    expect(errors.map((error) => error.message)).toEqual(['no agent today']);
+    expect(udp.stats.udp.dropped.noConnection).toBe(1);
+    expect(udp.stats.open).toBe(0);
+    expect(await exchange(user, udp.port(), 'again')).toBe('again');
+    expect(attempts).toBe(2);
+  }, 30_000);
+
+  it('refuses a port in use with its listen error, and still releases its socket on close()', async () => {
+    const taken = await userSocket();
+    const udpHandles = (): number => process.getActiveResourcesInfo().filter((name) => name === 'UDPWrap').length;
+    // The sockets of earlier tests finish closing first.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const before = udpHandles();
+    const udp = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: taken.address().port, protocol: 'udp' }, async () => undefined, () => {});
+    await expect(udp.listen()).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    udp.close();
+    await until(() => udpHandles() === before);
+    expect(udpHandles()).toBe(before);
+  });
 });

@@ -8,7 +8,7 @@ import {
   MAX_DATAGRAM_BYTES,
   decodeControl,
   encodeControl,
-  frameDatagram,
+  frameDatagrams,
   parseControlFeatures,
 } from '@pool/shared/internal';
 import { envNameOf, parseCommandLine } from '@pool/shared/cli';
@@ -71,7 +71,7 @@ describe('control messages', () => {
 describe('datagram framing', () => {
   it('frames each datagram with its length, and cuts a stream split anywhere back into the same datagrams', () => {
     const datagrams = [Buffer.alloc(0), Buffer.from([7]), randomBytes(1_400), randomBytes(300), randomBytes(MAX_DATAGRAM_BYTES)];
-    const stream = Buffer.concat(datagrams.map(frameDatagram));
+    const stream = frameDatagrams(datagrams);
     expect(stream.length).toBe(datagrams.reduce((sum, d) => sum + DATAGRAM_LENGTH_BYTES + d.length, 0));
     for (const cut of [1, 2, 3, 1_000, 65_536, stream.length]) {
       const reader = new DatagramReader(MAX_DATAGRAM_BYTES);
@@ -103,7 +103,7 @@ describe('datagram framing', () => {
 
   it('refuses a framed datagram over the flow maximum with ERR_PROTOCOL, before its bytes arrive', () => {
     const reader = new DatagramReader(1_400);
-    expect(reader.push(frameDatagram(Buffer.alloc(1_400)))).toHaveLength(1);
+    expect(reader.push(frameDatagrams([Buffer.alloc(1_400)]))).toHaveLength(1);
     expect(() => reader.push(Buffer.from([0x05, 0x79]))).toThrow(expect.objectContaining({ code: 'ERR_PROTOCOL' }));
   });
 });

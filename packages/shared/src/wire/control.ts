@@ -79,7 +79,7 @@ export interface ConnectMessage {
 /**
  * Relay → agent: claim the pooled connection `id` for one UDP flow (one user
  * address and port) of `service`, and carry its datagrams, framed (see
- * `frameDatagram`), between that connection and the service's target. The
+ * `frameDatagrams`), between that connection and the service's target. The
  * flow ends when the connection closes.
  */
 export interface FlowMessage {

@@ -11,12 +11,18 @@ export const DATAGRAM_LENGTH_BYTES = 2;
 /** The largest UDP payload over IPv4, and so the most a flow may allow. */
 export const MAX_DATAGRAM_BYTES = 65_507;
 
-/** The datagram framed for the pooled connection: length, then bytes (one buffer, so one write). */
-export function frameDatagram(datagram: Uint8Array): Buffer {
-  const frame = Buffer.allocUnsafe(DATAGRAM_LENGTH_BYTES + datagram.length);
-  frame.writeUInt16BE(datagram.length, 0);
-  frame.set(datagram, DATAGRAM_LENGTH_BYTES);
-  return frame;
+/** The datagrams framed for the pooled connection, each its length and then its bytes, in one buffer (one write). */
+export function frameDatagrams(datagrams: readonly Uint8Array[]): Buffer {
+  let bytes = 0;
+  for (const datagram of datagrams) bytes += DATAGRAM_LENGTH_BYTES + datagram.length;
+  const frames = Buffer.allocUnsafe(bytes);
+  let at = 0;
+  for (const datagram of datagrams) {
+    frames.writeUInt16BE(datagram.length, at);
+    frames.set(datagram, at + DATAGRAM_LENGTH_BYTES);
+    at += DATAGRAM_LENGTH_BYTES + datagram.length;
+  }
+  return frames;
 }
 
 /**
@@ -63,7 +69,7 @@ const BATCH_MAX_BYTES = 64 * 1024;
  */
 export class DatagramBatch {
   readonly #write: (frames: Buffer) => void;
-  #frames: Buffer[] = [];
+  #datagrams: Uint8Array[] = [];
   #bytes = 0;
   #scheduled: NodeJS.Immediate | undefined;
 
@@ -76,8 +82,9 @@ export class DatagramBatch {
     return this.#bytes;
   }
 
+  /** Queues `datagram`, which is framed (copied) when the batch is written: until then it must not change. */
   add(datagram: Uint8Array): void {
-    this.#frames.push(frameDatagram(datagram));
+    this.#datagrams.push(datagram);
     this.#bytes += DATAGRAM_LENGTH_BYTES + datagram.length;
     if (this.#bytes >= BATCH_MAX_BYTES) this.flush();
     else this.#scheduled ??= setImmediate(this.flush);
@@ -86,9 +93,9 @@ export class DatagramBatch {
   readonly flush = (): void => {
     if (this.#scheduled !== undefined) clearImmediate(this.#scheduled);
     this.#scheduled = undefined;
-    if (this.#frames.length === 0) return;
-    const frames = this.#frames.length === 1 ? this.#frames[0]! : Buffer.concat(this.#frames, this.#bytes);
-    this.#frames = [];
+    if (this.#datagrams.length === 0) return;
+    const frames = frameDatagrams(this.#datagrams);
+    this.#datagrams = [];
     this.#bytes = 0;
     this.#write(frames);
   };
@@ -97,7 +104,7 @@ export class DatagramBatch {
   discard(): void {
     if (this.#scheduled !== undefined) clearImmediate(this.#scheduled);
     this.#scheduled = undefined;
-    this.#frames = [];
+    this.#datagrams = [];
     this.#bytes = 0;
   }
 }
