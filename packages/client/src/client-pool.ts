@@ -504,8 +504,11 @@ export class ClientPool extends ErrorCountingEmitter {
     // A round whose dials keep failing has found the relay down (from the start, or since it died
     // mid-round): start no more dials.
     const relayDown = (): boolean => round.failuresInARow >= OUTAGE_FAILURES;
+    // Read before each dial, not only at the start: demand dials that finished during the round
+    // may have filled the pool already, and a dial past it would meet the relay's maxCap (503).
+    const room = (): boolean => this.#idle.size + this.#dialsInFlight < this.Capacity();
     const dialer = async (): Promise<void> => {
-      while (started < attempts && !signal.aborted && !relayDown()) {
+      while (started < attempts && !signal.aborted && !relayDown() && room()) {
         started++;
         await this.#dialWithRetry(round, signal).catch(() => {});
       }
@@ -515,11 +518,11 @@ export class ClientPool extends ErrorCountingEmitter {
     // Read after the round: a reconfiguration during it applies now.
     const { minCap, maxCap, minInterval, maxInterval } = this.#settings;
     // The npws rule sees the dials npws would have made; those for the burst are demand's.
-    const npwsAttempts = Math.min(attempts, Math.max(0, this.#capacity - idle));
+    const npwsAttempts = Math.min(started, Math.max(0, this.#capacity - idle));
     const npwsSuccesses = Math.min(round.successes, npwsAttempts);
     this.#capacity = nextCapacity({ successes: npwsSuccesses, attempts: npwsAttempts, capacity: this.#capacity, minCap, maxCap });
     this.#burst = nextBurst({ burst: this.#burst, idle, capacity: target });
-    const failed = attempts > 0 && round.successes === 0;
+    const failed = started > 0 && round.successes === 0;
     if (failed) {
       this.#lastRoundFailed = true;
       this.#interval = outageInterval(this.#interval, minInterval, maxInterval);

@@ -270,6 +270,30 @@ describe('ClientPool: demand (dialNow)', () => {
     expect(agent.Capacity()).toBeGreaterThanOrEqual(49);
   });
 
+  it('after a burst, fill rounds and demand together stop at maxCap: a relay with the same maxCap never answers 503', async () => {
+    const { relay, port } = await startRelay({ maxCap: 16 });
+    // Fewer dials at once than maxCap: a fill round then outlives the burst it started in.
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 16, minInterval: 20, maxInterval: 20, dialConcurrency: 4 });
+    const refusals: string[] = [];
+    agent.on('error', (error: Error & { code?: string }) => refusals.push(error.code ?? error.message));
+    await until(() => agent.Active() === 1 && relay.Active() === 1, 'the first fill round');
+    relay.on('waiting', () => agent.dialNow(relay.Waiting()));
+    // As the relay and agent of a tunnel do: the relay hands a connection to a user, the agent claims it.
+    await Promise.all(
+      Array.from({ length: 80 }, async () => {
+        const { id, conn } = await relay.IncomingGet(5_000);
+        const agentEnd = await agent.OutgoingGet(id, 5_000);
+        for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
+      }),
+    );
+    await until(() => relay.Active() === 16 && agent.Active() === 16, 'the pool to hold maxCap again');
+    // Several more fill rounds with the pool full.
+    const rounds = agent.stats().rounds;
+    await until(() => agent.stats().rounds >= rounds + 5, 'five more rounds');
+    expect(refusals).toEqual([]);
+    expect(relay.Active()).toBe(16);
+  });
+
   it('bounds demand by maxCap, decays the burst while the pool stays idle, and leaves the npws capacity alone', async () => {
     const { port } = await startRelay();
     const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 8, minInterval: 20, maxInterval: 40 });
