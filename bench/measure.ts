@@ -95,47 +95,55 @@ export async function downloadThroughput(total: number, rounds: number): Promise
   return { poolconn: median(samples.poolconn), raw: median(samples.raw) };
 }
 
+/** A fill measured from both ends: connections per second, and each side's CPU time per connection in ms. */
+export interface FillRun {
+  perSecond: number;
+  serverCpuMsPerConn: number;
+  clientCpuMsPerConn: number;
+}
+
 export interface FillResult {
-  rawSequentialPerSecond: number;
-  rawConcurrentPerSecond: number;
-  poolPerSecond: number;
-  poolNoResumptionPerSecond: number;
+  rawSequential: FillRun;
+  rawConcurrent: FillRun;
+  pool: FillRun;
+  poolNoResumption: FillRun;
   samples: Sample[];
 }
 
-async function rawHandshakeRate(count: number, concurrency: number): Promise<number> {
-  const server = new RoleProcess('raw-server');
-  const { port } = await server.next<{ type: 'ready'; port: number }>('ready');
-  const clients = new RoleProcess('raw-clients', { port, count, concurrency });
-  const { fillMs } = await clients.next<{ type: 'full'; fillMs: number }>('full');
-  clients.kill();
+type FullMessage = { type: 'full'; fillMs: number; cpuMs: number };
+
+/** The server's CPU over the fill: what it used from the moment the client was started until the client is full. */
+async function fillFrom<T extends FullMessage>(server: RoleProcess, startClient: () => RoleProcess, count: number): Promise<{ run: FillRun; full: T }> {
+  const before = await server.ask<{ type: 'usage'; cpuMs: number }>({ type: 'usage' });
+  const client = startClient();
+  const full = await client.next<T>('full');
+  const after = await server.ask<{ type: 'usage'; cpuMs: number }>({ type: 'usage' });
+  client.kill();
   server.kill();
-  return (count / fillMs) * 1000;
+  const run = { perSecond: (count / full.fillMs) * 1000, serverCpuMsPerConn: (after.cpuMs - before.cpuMs) / count, clientCpuMsPerConn: full.cpuMs / count };
+  return { run, full };
 }
 
-async function poolFill(count: number, reuse: boolean): Promise<{ perSecond: number; samples: Sample[] }> {
+async function rawHandshakeRate(count: number, concurrency: number): Promise<FillRun> {
+  const server = new RoleProcess('raw-server');
+  const { port } = await server.next<{ type: 'ready'; port: number }>('ready');
+  return (await fillFrom(server, () => new RoleProcess('raw-clients', { port, count, concurrency }), count)).run;
+}
+
+async function poolFill(count: number, reuse: boolean): Promise<{ run: FillRun; samples: Sample[] }> {
   const relay = new RoleProcess('relay', { maxCap: count + 10, keepAlive: 30_000 });
   const { port } = await relay.next<{ type: 'ready'; port: number }>('ready');
-  const agent = new RoleProcess('agent', { port, count, reuse, keepAlive: 30_000 });
-  const { fillMs, samples } = await agent.next<{ type: 'full'; fillMs: number; samples: Sample[] }>('full');
-  agent.kill();
-  relay.kill();
-  return { perSecond: (count / fillMs) * 1000, samples };
+  const { run, full } = await fillFrom<FullMessage & { samples: Sample[] }>(relay, () => new RoleProcess('agent', { port, count, reuse, keepAlive: 30_000 }), count);
+  return { run, samples: full.samples };
 }
 
 /** 2. Time for an agent to hold `count` pooled connections, against full wss handshakes in the same run. */
 export async function fillRate(count: number): Promise<FillResult> {
-  const rawSequentialPerSecond = await rawHandshakeRate(Math.min(count, 300), 1);
-  const rawConcurrentPerSecond = await rawHandshakeRate(count, 32);
+  const rawSequential = await rawHandshakeRate(Math.min(count, 300), 1);
+  const rawConcurrent = await rawHandshakeRate(count, 32);
   const withResumption = await poolFill(count, true);
   const without = await poolFill(count, false);
-  return {
-    rawSequentialPerSecond,
-    rawConcurrentPerSecond,
-    poolPerSecond: withResumption.perSecond,
-    poolNoResumptionPerSecond: without.perSecond,
-    samples: withResumption.samples,
-  };
+  return { rawSequential, rawConcurrent, pool: withResumption.run, poolNoResumption: without.run, samples: withResumption.samples };
 }
 
 /** 3a. IncomingGet on a warm pool held by an agent in another process: latencies in µs. */

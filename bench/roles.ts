@@ -28,6 +28,12 @@ function send(message: RoleMessage): void {
   process.send!(message);
 }
 
+/** CPU time this process has used, user and system, in ms. */
+function cpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1_000;
+}
+
 /** Resident and heap memory after two GCs. */
 function memory(): { rss: number; heap: number } {
   gc();
@@ -156,6 +162,7 @@ async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number 
   process.on('message', async (message: RoleMessage) => {
     if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: pool.Active() });
     if (message.type === 'count') send({ type: 'count', active: pool.Active() });
+    if (message.type === 'usage') send({ type: 'usage', cpuMs: cpuMs() });
     if (message.type === 'gets') {
       const latencies: number[] = [];
       for (let i = 0; i < (message.count as number); i++) {
@@ -194,13 +201,14 @@ async function agent({ port, count, reuse, keepAlive }: { port: number; count: n
   });
   pool.on('error', () => {});
   const started = performance.now();
+  const cpuAtStart = cpuMs();
   const samples: Array<{ t: number; idle: number; capacity: number; interval: number }> = [];
   const sampler = setInterval(() => samples.push({ t: Math.round(performance.now() - started), idle: pool.Active(), capacity: pool.Capacity(), interval: pool.Interval() }), 20);
   pool.ClientManager();
   while (pool.Active() < count) await new Promise((resolve) => setTimeout(resolve, 2));
   const fillMs = performance.now() - started;
   clearInterval(sampler);
-  send({ type: 'full', fillMs, samples, dials: pool.stats().dials });
+  send({ type: 'full', fillMs, cpuMs: cpuMs() - cpuAtStart, samples, dials: pool.stats().dials });
   process.on('message', (message: RoleMessage) => {
     if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: pool.Active() });
   });
@@ -216,6 +224,7 @@ async function rawServer(): Promise<void> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   process.on('message', (message: RoleMessage) => {
     if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: wss.clients.size });
+    if (message.type === 'usage') send({ type: 'usage', cpuMs: cpuMs() });
   });
   send({ type: 'ready', port: (server.address() as AddressInfo).port });
 }
@@ -225,6 +234,7 @@ async function rawClients({ port, count, concurrency }: { port: number; count: n
   const baseline = memory();
   const held: WebSocket[] = [];
   const started = performance.now();
+  const cpuAtStart = cpuMs();
   let next = 0;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -237,7 +247,7 @@ async function rawClients({ port, count, concurrency }: { port: number; count: n
       }
     }),
   );
-  send({ type: 'full', fillMs: performance.now() - started });
+  send({ type: 'full', fillMs: performance.now() - started, cpuMs: cpuMs() - cpuAtStart });
   process.on('message', (message: RoleMessage) => {
     if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: held.length });
   });
