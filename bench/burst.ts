@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { ROOT, percentile, sleep, spawnUntil } from './lib.js';
 
@@ -19,6 +20,20 @@ export interface BurstRow {
   phase: 'cold' | 'warm';
   tunnel: BurstOutcome;
   direct: BurstOutcome;
+  /** CPU time the relay and the agent used during the tunnel burst, in ms; undefined where `/proc` is not there to read it. */
+  cpuMs: { relay: number; agent: number } | undefined;
+}
+
+/** CPU time (user and system, all threads) a process has used, in ms, from `/proc`; undefined off Linux. */
+function cpuMsOf(pid: number | undefined): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After the command name, which may hold spaces: utime and stime are the 12th and 13th fields, in clock ticks (100/s).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Gives up on a user after this long, in ms: far beyond any timeout of ours. */
@@ -85,14 +100,24 @@ export async function bursts(sizes: number[], warmAfterMs = 10_000, flags: { rel
         [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--status-interval', '0', '--log-level', 'warn', ...(flags.agent ?? [])],
         /control connected/,
       );
+      const cpuNow = (): { relay: number; agent: number } | undefined => {
+        const [relayMs, agentMs] = [cpuMsOf(relay.child.pid), cpuMsOf(agent.child.pid)];
+        return relayMs === undefined || agentMs === undefined ? undefined : { relay: relayMs, agent: agentMs };
+      };
+      const tunnelBurst = async (): Promise<{ tunnel: BurstOutcome; cpuMs: BurstRow['cpuMs'] }> => {
+        const before = cpuNow();
+        const tunnel = await burstAt(publicPort, users);
+        const after = cpuNow();
+        return { tunnel, cpuMs: before && after && { relay: after.relay - before.relay, agent: after.agent - before.agent } };
+      };
       try {
-        const coldTunnel = await burstAt(publicPort, users);
+        const cold = await tunnelBurst();
         const coldDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'cold', tunnel: coldTunnel, direct: coldDirect });
+        rows.push({ users, phase: 'cold', ...cold, direct: coldDirect });
         await sleep(warmAfterMs);
-        const warmTunnel = await burstAt(publicPort, users);
+        const warm = await tunnelBurst();
         const warmDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'warm', tunnel: warmTunnel, direct: warmDirect });
+        rows.push({ users, phase: 'warm', ...warm, direct: warmDirect });
       } finally {
         agent.child.kill('SIGKILL');
         relay.child.kill('SIGKILL');

@@ -112,7 +112,7 @@ export interface FillResult {
 
 type FullMessage = { type: 'full'; fillMs: number; cpuMs: number };
 
-/** The server's CPU over the fill: what it used from the moment the client was started until the client is full. */
+/** Starts a client against `server` and measures its fill: the rate, and each side's CPU per connection (the server's from the client's start until the client is full). */
 async function fillFrom<T extends FullMessage>(server: RoleProcess, startClient: () => RoleProcess, count: number): Promise<{ run: FillRun; full: T }> {
   const before = await server.ask<{ type: 'usage'; cpuMs: number }>({ type: 'usage' });
   const client = startClient();
