@@ -55,10 +55,11 @@ export function median(values: number[]): number {
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** A process of ours whose stdout we watch for a line. */
-export function spawnUntil(args: string[], pattern: RegExp): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
+/** A process whose stdout we watch for a line: Node unless `command` says otherwise, its stderr ours unless `quiet`. */
+export function spawnUntil(args: string[], pattern: RegExp, { command = process.execPath, quiet = false } = {}): Promise<{ child: ChildProcess; match: RegExpMatchArray }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', quiet ? 'ignore' : 'inherit'] });
+    child.once('error', reject);
     children.add(child);
     child.once('exit', () => children.delete(child));
     child.once('exit', (code) => reject(new Error(`${args[0]} exited with ${code} before printing ${pattern}`)));

@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-export type Role = 'duplex-server' | 'download-server' | 'relay' | 'agent' | 'raw-server' | 'raw-clients';
+export type Role = 'duplex-server' | 'download-server' | 'upload-server' | 'relay' | 'agent' | 'raw-server' | 'raw-clients';
 export type DuplexMode = 'poolconn' | 'ws-send' | 'ws-stream' | 'raw-tls';
 export const DUPLEX_MODES: DuplexMode[] = ['poolconn', 'ws-send', 'ws-stream', 'raw-tls'];
 const CHUNK = 64 * 1024;
@@ -152,6 +152,26 @@ async function downloadServer({ mode, total }: { mode: 'raw' | 'pool'; total: nu
   send({ type: 'ready', port: (server.address() as AddressInfo).port });
 }
 
+/**
+ * A bare wss server that counts what its client sends and reports once
+ * `total` bytes have arrived: the raw leg of a transfer from agent to relay,
+ * whose frames are masked, as a client's must be.
+ */
+async function uploadServer({ total }: { total: number }): Promise<void> {
+  const cert = await generateDevCertificate();
+  const server = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => {
+    let received = 0;
+    pipeOverWebSocket(ws).onData((length) => {
+      received += length;
+      if (received === total) send({ type: 'received' });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  send({ type: 'ready', port: (server.address() as AddressInfo).port });
+}
+
 /** The relay: a ServerPool. Commands: mem, count, gets (IncomingGet latency), cpu (CPU use over a window). */
 async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number }): Promise<void> {
   const cert = await generateDevCertificate();
@@ -256,6 +276,7 @@ async function rawClients({ port, count, concurrency }: { port: number; count: n
 const roles: Record<Role, (args: never) => Promise<void>> = {
   'duplex-server': duplexServer,
   'download-server': downloadServer,
+  'upload-server': uploadServer,
   relay,
   agent,
   'raw-server': rawServer,

@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { bursts, type BurstRow } from './burst.js';
+import { fileDownload } from './file-download.js';
 import { udpThroughTunnel } from './udp.js';
 import { killAll } from './lib.js';
 import { downloadThroughput, duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type FillRun, type MemoryRow } from './measure.js';
@@ -16,8 +17,8 @@ const { values } = parseArgs({ args: process.argv.slice(2).filter((arg) => arg !
 const quick = values.quick;
 const wanted = (name: string): boolean => values.only === undefined || values.only.split(',').includes(name);
 const sizes = quick
-  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2, bursts: [200, 1_000], udpRates: [5_000], udpSeconds: 2 }
-  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5, bursts: [200, 1_000], udpRates: [2_000, 10_000, 20_000, 40_000], udpSeconds: 5 };
+  ? { duplexBytes: 128 * 2 ** 20, rounds: 1, fill: 300, gets: 1_000, memory: [500], scale: 2_000, bulk: 128 * 2 ** 20, httpSeconds: 2, file: 50e6, bursts: [200, 1_000], udpRates: [5_000], udpSeconds: 2 }
+  : { duplexBytes: 2 * 2 ** 30, rounds: 3, fill: 1_000, gets: 10_000, memory: [1_000, 5_000], scale: 10_000, bulk: 1 * 2 ** 30, httpSeconds: 5, file: 200e6, bursts: [200, 1_000], udpRates: [2_000, 10_000, 20_000, 40_000], udpSeconds: 5 };
 
 interface Check {
   figure: string;
@@ -101,6 +102,17 @@ async function main(): Promise<void> {
     if (rawWs !== undefined) check('tunnel bulk throughput (one way)', `${tunnel.bulkMBps.toFixed(0)} MB/s`, `raw ws single leg ${rawWs.toFixed(0)} MB/s each way`, tunnel.bulkMBps / rawWs, '>= 0.8 x raw ws', tunnel.bulkMBps >= 0.8 * rawWs);
     check('HTTP requests/s, 50 keep-alive users', `${tunnel.tunnelRps.toFixed(0)} req/s`, `direct ${tunnel.directRps.toFixed(0)} req/s`, tunnel.tunnelRps / tunnel.directRps, '>= 0.5 x direct', tunnel.tunnelRps >= 0.5 * tunnel.directRps);
     check('p99 latency the tunnel adds', `${(tunnel.tunnelP99 - tunnel.directP99).toFixed(2)} ms`, `direct p99 ${tunnel.directP99.toFixed(2)} ms`, undefined, 'reported', true);
+  }
+
+  if (wanted('file')) {
+    console.log(`6b. file download from python3 -m http.server, ${sizes.file / 1e6} MB, ${sizes.rounds} round(s)`);
+    const file = await fileDownload(sizes.file, sizes.rounds);
+    results.fileDownload = file;
+    if (file === undefined) console.log('  skipped: no python3');
+    else {
+      // Direct is Python copying from the page cache to loopback, a ceiling no tunnel reaches; one raw wss leg is the fairer yardstick.
+      check(`file download, ${file.bytes / 1e6} MB from python3 -m http.server`, `${file.tunnelMBps.toFixed(0)} MB/s`, `direct ${file.directMBps.toFixed(0)} MB/s; one raw wss leg, client to server, ${file.rawLegMBps.toFixed(0)} MB/s (x${(file.tunnelMBps / file.rawLegMBps).toFixed(2)})`, file.tunnelMBps / file.directMBps, 'reported', true);
+    }
   }
 
   let burstRows: BurstRow[] | undefined;
