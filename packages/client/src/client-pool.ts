@@ -125,13 +125,18 @@ export interface ClientPoolStats {
   dials: number;
   /** Dials that ended in an error. */
   dialFailures: number;
-  /** Fill rounds completed. */
+  /** Fill rounds completed: one per interval, the rounds the npws rules adapt on. */
   rounds: number;
+  /** Top-ups between rounds, each replacing connections that were taken; they adapt nothing. */
+  topUps: number;
   /** Dials started by `dialNow` (demand), retries excluded. */
   demandDials: number;
   /** Capacity that demand added on top of the npws capacity, now; it decays while the pool stays idle. */
   burst: number;
 }
+
+/** Why the manager's sleep between rounds ended. */
+type WakeReason = 'due' | 'round' | 'topUp';
 
 /** `new`: not started, or drained (`ClientManager()` starts it). */
 type State = 'new' | 'running' | 'draining' | 'closed';
@@ -184,11 +189,13 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #claimWaiters = new Map<string, PendingGet<PoolConn>[]>();
   /** Aborts the manager's dials in flight and its sleep between rounds: on `Close()` or `Drain()`. */
   #run: AbortController | undefined;
-  readonly #stats = { dials: 0, dialFailures: 0, rounds: 0, demandDials: 0 };
+  readonly #stats = { dials: 0, dialFailures: 0, rounds: 0, topUps: 0, demandDials: 0 };
   /** The npws capacity. */
   #capacity: number;
   /** Capacity raised by demand (`dialNow`), decaying while the pool stays idle; 0 when none. */
   #burst = 0;
+  /** Connections handed out since the last fill round began: the users of a burst that found one idle. */
+  #takenSinceRound = 0;
   /** Demand dials still to start, and in flight. */
   #demandOwed = 0;
   #demandInFlight = 0;
@@ -198,7 +205,8 @@ export class ClientPool extends ErrorCountingEmitter {
   #interval: number;
   #state: State = 'new';
   #manager: Promise<void> | undefined;
-  #wakeManager: (() => void) | undefined;
+  /** Ends the manager's sleep: `round` for a fill round now, `topUp` to replace what was taken. */
+  #wakeManager: ((reason: WakeReason) => void) | undefined;
   #closing: Promise<void> | undefined;
   #draining: Promise<DrainResult> | undefined;
   /** Every dial of the last round failed: the relay is down or refusing us. */
@@ -322,9 +330,12 @@ export class ClientPool extends ErrorCountingEmitter {
    * run at once; each finished one starts the next until `count` have been
    * started, or 3 have failed in a row.
    *
-   * Capacity is raised to `count` (up to `maxCap`) so that the pool keeps
-   * what the burst needed; it decays by one per fill round in which the pool
-   * stays more than 80% idle. A success also ends an outage back-off at once.
+   * Capacity is raised to the burst, up to `maxCap`: `count` plus the
+   * connections taken since the last fill round began (the users of the
+   * burst the idle pool served), so that the next burst of that size finds
+   * all its connections waiting. It decays by one per fill round in which the
+   * pool stays more than 80% idle. A success also ends an outage back-off at
+   * once.
    * Does nothing unless the manager runs. Throws `ERR_INVALID_OPTION` for a
    * negative or fractional count.
    */
@@ -332,7 +343,8 @@ export class ClientPool extends ErrorCountingEmitter {
     checkInt('count', count, 0);
     const signal = this.#run?.signal;
     if (this.#state !== 'running' || signal === undefined || signal.aborted) return;
-    this.#burst = Math.min(this.#settings.maxCap, Math.max(this.#burst, count));
+    // The burst is those still waiting and those the idle pool already served: the next one should find all of them waiting.
+    this.#burst = Math.min(this.#settings.maxCap, Math.max(this.#burst, count + this.#takenSinceRound));
     this.#demandOwed = Math.max(0, count - this.#demandInFlight);
     this.#demandRound = { successes: 0, failuresInARow: 0 };
     this.#startDemandDials(signal);
@@ -391,7 +403,7 @@ export class ClientPool extends ErrorCountingEmitter {
     // Not the headers: they carry secrets.
     const { minCap, maxCap, minInterval, maxInterval, keepAliveMs } = settings;
     this.logger.info({ minCap, maxCap, minInterval, maxInterval, keepAlive: keepAliveMs }, 'pool reconfigured');
-    this.#wakeManager?.();
+    this.#wakeManager?.('round');
   }
 
   /**
@@ -433,7 +445,7 @@ export class ClientPool extends ErrorCountingEmitter {
   /** Closes every idle connection; the manager refills at once. */
   async Flush(): Promise<void> {
     await this.#idle.closeAll();
-    this.#wakeManager?.();
+    this.#wakeManager?.('round');
   }
 
   /** A snapshot of the manager's counters. */
@@ -467,8 +479,48 @@ export class ClientPool extends ErrorCountingEmitter {
       this.#stats.rounds++;
       // The relay is back: refill now rather than after the outage's long interval.
       if (wasDown && !this.#lastRoundFailed) continue;
-      await this.#sleep(this.#interval, signal);
+      await this.#untilNextRound(signal);
     }
+  }
+
+  /**
+   * Waits out the interval, or until something asks for a round at once. A
+   * connection taken meanwhile is replaced at once by a top-up, which leaves
+   * the interval, the capacity and the burst alone: were each top-up a round,
+   * a burst served from the idle pool would read as hundreds of rounds with
+   * the pool over 80% idle, and the burst capacity and the interval would be
+   * gone by its end.
+   */
+  async #untilNextRound(signal: AbortSignal): Promise<void> {
+    const due = performance.now() + this.#interval;
+    while (!signal.aborted && (await this.#sleep(due - performance.now(), signal)) === 'topUp') {
+      await this.#topUp(signal);
+    }
+  }
+
+  /** Dials until the pool is back at its capacity, checking for room before each dial. */
+  async #topUp(signal: AbortSignal): Promise<void> {
+    // During an outage only the rounds' single probes dial: a top-up would hammer a relay that is down.
+    if (this.#lastRoundFailed) return;
+    this.#stats.topUps++;
+    const round: DialRound = { successes: 0, failuresInARow: 0 };
+    const dialer = async (): Promise<void> => {
+      while (this.#belowCapacity() && !signal.aborted && round.failuresInARow < OUTAGE_FAILURES) {
+        await this.#dialWithRetry(round, signal).catch(() => {});
+      }
+    };
+    await Promise.all(Array.from({ length: this.#dialConcurrency }, dialer));
+  }
+
+  /**
+   * Whether one more dial fits: idle plus in flight under the capacity. Asked
+   * before each dial, not once per round, because demand dials that finished
+   * meanwhile may have filled the pool, and a dial past it would meet the
+   * relay's maxCap (503). `#dial` counts itself in flight before its first
+   * await, so dialers started in one go each see those started before them.
+   */
+  #belowCapacity(): boolean {
+    return this.#idle.size + this.#dialsInFlight < this.Capacity();
   }
 
   /** A dial succeeded after an outage: leave the back-off and let the manager refill at once. */
@@ -476,10 +528,11 @@ export class ClientPool extends ErrorCountingEmitter {
     if (!this.#lastRoundFailed) return;
     this.#lastRoundFailed = false;
     this.#interval = this.#settings.minInterval;
-    this.#wakeManager?.();
+    this.#wakeManager?.('round');
   }
 
   async #fillRound(signal: AbortSignal): Promise<void> {
+    this.#takenSinceRound = 0;
     const idle = this.#idle.size;
     const target = this.Capacity();
     const wanted = Math.max(0, target - idle - this.#demandInFlight);
@@ -504,11 +557,8 @@ export class ClientPool extends ErrorCountingEmitter {
     // A round whose dials keep failing has found the relay down (from the start, or since it died
     // mid-round): start no more dials.
     const relayDown = (): boolean => round.failuresInARow >= OUTAGE_FAILURES;
-    // Read before each dial, not only at the start: demand dials that finished during the round
-    // may have filled the pool already, and a dial past it would meet the relay's maxCap (503).
-    const room = (): boolean => this.#idle.size + this.#dialsInFlight < this.Capacity();
     const dialer = async (): Promise<void> => {
-      while (started < attempts && !signal.aborted && !relayDown() && room()) {
+      while (started < attempts && !signal.aborted && !relayDown() && this.#belowCapacity()) {
         started++;
         await this.#dialWithRetry(round, signal).catch(() => {});
       }
@@ -624,8 +674,9 @@ export class ClientPool extends ErrorCountingEmitter {
     const ws = conn.webSocket;
     this.tracker.transition(ws, 'leased');
     this.#leases.add(conn, () => this.tracker.transition(ws, 'closed'));
-    // The manager refills what was taken without waiting out its interval, and demand waiting for room goes on.
-    this.#wakeManager?.();
+    this.#takenSinceRound++;
+    // The manager replaces what was taken without waiting out its interval, and demand waiting for room goes on.
+    this.#wakeManager?.('topUp');
     if (this.#demandOwed > 0 && this.#run) this.#startDemandDials(this.#run.signal);
     return conn;
   }
@@ -637,17 +688,18 @@ export class ClientPool extends ErrorCountingEmitter {
     if (waiters.length === 0) this.#claimWaiters.delete(id);
   }
 
-  #sleep(ms: number, signal: AbortSignal): Promise<void> {
+  #sleep(ms: number, signal: AbortSignal): Promise<WakeReason> {
     return new Promise((resolve) => {
-      const done = (): void => {
+      const done = (reason: WakeReason): void => {
         clearTimeout(timer);
-        signal.removeEventListener('abort', done);
+        signal.removeEventListener('abort', aborted);
         this.#wakeManager = undefined;
-        resolve();
+        resolve(reason);
       };
-      const timer = setTimeout(done, ms);
+      const aborted = (): void => done('round');
+      const timer = setTimeout(done, Math.max(0, ms), 'due');
       this.#wakeManager = done;
-      signal.addEventListener('abort', done);
+      signal.addEventListener('abort', aborted);
     });
   }
 

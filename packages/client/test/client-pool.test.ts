@@ -294,6 +294,38 @@ describe('ClientPool: demand (dialNow)', () => {
     expect(relay.Active()).toBe(16);
   });
 
+  it('a burst served partly from the idle pool: capacity covers all of it, replacing what was taken adapts nothing, and the next such burst finds every connection waiting', async () => {
+    const { relay, port } = await startRelay({ maxCap: 64 });
+    // Rounds 2 s apart: between them, only top-ups and demand dial.
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 10, maxCap: 64, minInterval: 2_000, maxInterval: 5_000 });
+    await until(() => agent.Active() === 10 && relay.Active() === 10, 'the first fill round');
+    // As a Relay passes it on: once per turn of the event loop, after the orders for the users the idle pool served.
+    relay.on('waiting', () => setImmediate(() => agent.dialNow(relay.Waiting())));
+    const burst = (users: number): Promise<void[]> =>
+      Promise.all(
+        Array.from({ length: users }, async () => {
+          const { id, conn } = await relay.IncomingGet(5_000);
+          const agentEnd = await agent.OutgoingGet(id, 5_000);
+          for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
+        }),
+      );
+    const interval = agent.Interval();
+    const rounds = agent.stats().rounds;
+    // 10 users take the idle connections, 30 wait: the burst is 40, not the 30 that waited.
+    await burst(40);
+    expect(agent.Capacity()).toBeGreaterThanOrEqual(40);
+    await until(() => relay.Active() >= 40, 'the pool to be topped up to the burst');
+    const demandDials = agent.stats().demandDials;
+    await burst(40);
+    expect(agent.stats().demandDials).toBe(demandDials);
+    expect(agent.stats().topUps).toBeGreaterThan(0);
+    // Eighty connections taken ran no round (at most the one the 2 s interval brings), so the interval
+    // and the burst are where they were; top-ups replaced what was taken.
+    expect(agent.stats().rounds - rounds).toBeLessThanOrEqual(1);
+    expect(agent.Interval()).toBeLessThanOrEqual(interval + 100);
+    expect(agent.Capacity()).toBeGreaterThanOrEqual(39);
+  });
+
   it('bounds demand by maxCap, decays the burst while the pool stays idle, and leaves the npws capacity alone', async () => {
     const { port } = await startRelay();
     const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 8, minInterval: 20, maxInterval: 40 });
