@@ -91,8 +91,10 @@ export interface AgentStats {
   dials: number;
   /** Pool dials started for demand (users waiting at the relay). */
   demandDials: number;
-  /** The pool's fill rounds. */
+  /** The pool's fill rounds: one per interval. */
   rounds: number;
+  /** The pool's top-ups between rounds, replacing connections that were taken. */
+  topUps: number;
   idle: number;
   capacity: number;
   interval: number;
@@ -223,13 +225,14 @@ export class Agent extends ErrorCountingEmitter {
   }
 
   stats(): AgentStats {
-    const { dials, demandDials, rounds } = this.pool.stats();
+    const { dials, demandDials, rounds, topUps } = this.pool.stats();
     return {
       ...this.#stats,
       datagramsDropped: { ...this.#datagramsDropped },
       dials,
       demandDials,
       rounds,
+      topUps,
       open: this.#tunnels.size,
       idle: this.pool.Active(),
       capacity: this.pool.Capacity(),
