@@ -196,6 +196,8 @@ export class ClientPool extends ErrorCountingEmitter {
   #burst = 0;
   /** Connections handed out since the last fill round began: the users of a burst that found one idle. */
   #takenSinceRound = 0;
+  /** A top-up since the last round met only failures (a relay at its maxCap answers 503): none until the next round. */
+  #topUpsRefused = false;
   /** Demand dials still to start, and in flight. */
   #demandOwed = 0;
   #demandInFlight = 0;
@@ -500,8 +502,9 @@ export class ClientPool extends ErrorCountingEmitter {
 
   /** Dials until the pool is back at its capacity, checking for room before each dial. */
   async #topUp(signal: AbortSignal): Promise<void> {
-    // During an outage only the rounds' single probes dial: a top-up would hammer a relay that is down.
-    if (this.#lastRoundFailed) return;
+    // During an outage only the rounds' single probes dial, and a relay that refused the last
+    // top-up is left alone until the next round: each user taken would otherwise cost it failed dials.
+    if (this.#lastRoundFailed || this.#topUpsRefused) return;
     this.#stats.topUps++;
     const round: DialRound = { successes: 0, failuresInARow: 0 };
     const dialer = async (): Promise<void> => {
@@ -510,6 +513,7 @@ export class ClientPool extends ErrorCountingEmitter {
       }
     };
     await Promise.all(Array.from({ length: this.#dialConcurrency }, dialer));
+    if (round.failuresInARow >= OUTAGE_FAILURES) this.#topUpsRefused = true;
   }
 
   /**
@@ -533,6 +537,7 @@ export class ClientPool extends ErrorCountingEmitter {
 
   async #fillRound(signal: AbortSignal): Promise<void> {
     this.#takenSinceRound = 0;
+    this.#topUpsRefused = false;
     const idle = this.#idle.size;
     const target = this.Capacity();
     const wanted = Math.max(0, target - idle - this.#demandInFlight);

@@ -326,6 +326,33 @@ describe('ClientPool: demand (dialNow)', () => {
     expect(agent.Capacity()).toBeGreaterThanOrEqual(39);
   });
 
+  it('a relay whose maxCap is below the agent\'s: once a top-up is refused, connections taken before the next round cost it no dial', async () => {
+    const { relay, port } = await startRelay({ maxCap: 4 });
+    const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 8, maxCap: 8, minInterval: 3_000, maxInterval: 3_000 });
+    agent.on('error', () => {});
+    // The first round: 4 connections, and 503s for the rest.
+    await until(() => agent.stats().rounds === 1 && relay.Active() === 4 && agent.Active() === 4, 'the first round to end');
+    const rounds = agent.stats().rounds;
+    const take = async (): Promise<void> => {
+      const { id, conn } = await relay.IncomingGet(5_000);
+      const agentEnd = await agent.OutgoingGet(id, 5_000);
+      for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
+      // Time for a top-up to run its course.
+      await sleep(150);
+    };
+    // The first take is replaced by a top-up, whose dials past the relay's maxCap are refused.
+    const failuresBefore = agent.stats().dialFailures;
+    await take();
+    const refused = agent.stats().dialFailures;
+    expect(refused).toBeGreaterThan(failuresBefore);
+    expect(relay.Active()).toBe(4);
+    // The next takes, before the next round, cost the relay no dial.
+    for (let taken = 1; taken < 4; taken++) await take();
+    expect(agent.stats().dialFailures).toBe(refused);
+    expect(agent.stats().topUps).toBe(1);
+    expect(agent.stats().rounds).toBe(rounds);
+  });
+
   it('bounds demand by maxCap, decays the burst while the pool stays idle, and leaves the npws capacity alone', async () => {
     const { port } = await startRelay();
     const agent = startAgent({ server: `127.0.0.1:${port}`, tls: 'off', minCap: 1, maxCap: 8, minInterval: 20, maxInterval: 40 });
