@@ -196,7 +196,7 @@ export class ClientPool extends ErrorCountingEmitter {
   #burst = 0;
   /** Connections handed out since the last fill round began: the users of a burst that found one idle. */
   #takenSinceRound = 0;
-  /** A top-up since the last round met only failures (a relay at its maxCap answers 503): none until the next round. */
+  /** A top-up since the last round ended with 3 failed dials in a row (a relay at its maxCap answers 503): none until the next round. */
   #topUpsRefused = false;
   /** Demand dials still to start, and in flight. */
   #demandOwed = 0;
