@@ -22,7 +22,10 @@ async function rawLeg(bytes: number): Promise<number> {
   try {
     const { port } = await server.next<{ type: 'ready'; port: number }>('ready');
     const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { perMessageDeflate: false, rejectUnauthorized: false });
-    await new Promise((resolve) => ws.once('open', resolve));
+    await new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+    });
     const started = performance.now();
     const pipe = pipeFor('ws-send', ws);
     const chunk = Buffer.alloc(64 * 1024, 0x61);
