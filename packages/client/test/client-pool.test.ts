@@ -47,6 +47,13 @@ async function claimPair(relay: ServerPool, agent: ClientPool): Promise<{ relayE
   return { relayEnd, agentEnd };
 }
 
+/** A tunnel's use of a pooled connection, shortened: the relay hands it out, the agent claims it, both close it. */
+async function takeAndClose(relay: ServerPool, agent: ClientPool): Promise<void> {
+  const { relayEnd, agentEnd } = await claimPair(relay, agent);
+  relayEnd.destroy();
+  agentEnd.destroy();
+}
+
 afterEach(async () => {
   for (const conn of leased.splice(0)) conn.destroy();
   await Promise.all(agents.splice(0).map((agent) => agent.Close()));
@@ -278,14 +285,7 @@ describe('ClientPool: demand (dialNow)', () => {
     agent.on('error', (error: Error & { code?: string }) => refusals.push(error.code ?? error.message));
     await until(() => agent.Active() === 1 && relay.Active() === 1, 'the first fill round');
     relay.on('waiting', () => agent.dialNow(relay.Waiting()));
-    // As the relay and agent of a tunnel do: the relay hands a connection to a user, the agent claims it.
-    await Promise.all(
-      Array.from({ length: 80 }, async () => {
-        const { id, conn } = await relay.IncomingGet(5_000);
-        const agentEnd = await agent.OutgoingGet(id, 5_000);
-        for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
-      }),
-    );
+    await Promise.all(Array.from({ length: 80 }, () => takeAndClose(relay, agent)));
     await until(() => relay.Active() === 16 && agent.Active() === 16, 'the pool to hold maxCap again');
     // Several more fill rounds with the pool full.
     const rounds = agent.stats().rounds;
@@ -301,14 +301,7 @@ describe('ClientPool: demand (dialNow)', () => {
     await until(() => agent.Active() === 10 && relay.Active() === 10, 'the first fill round');
     // As a Relay passes it on: once per turn of the event loop, after the orders for the users the idle pool served.
     relay.on('waiting', () => setImmediate(() => agent.dialNow(relay.Waiting())));
-    const burst = (users: number): Promise<void[]> =>
-      Promise.all(
-        Array.from({ length: users }, async () => {
-          const { id, conn } = await relay.IncomingGet(5_000);
-          const agentEnd = await agent.OutgoingGet(id, 5_000);
-          for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
-        }),
-      );
+    const burst = (users: number): Promise<void[]> => Promise.all(Array.from({ length: users }, () => takeAndClose(relay, agent)));
     const interval = agent.Interval();
     const rounds = agent.stats().rounds;
     // 10 users take the idle connections, 30 wait: the burst is 40, not the 30 that waited.
@@ -333,21 +326,18 @@ describe('ClientPool: demand (dialNow)', () => {
     // The first round: 4 connections, and 503s for the rest.
     await until(() => agent.stats().rounds === 1 && relay.Active() === 4 && agent.Active() === 4, 'the first round to end');
     const rounds = agent.stats().rounds;
-    const take = async (): Promise<void> => {
-      const { id, conn } = await relay.IncomingGet(5_000);
-      const agentEnd = await agent.OutgoingGet(id, 5_000);
-      for (const end of [conn, agentEnd]) end.on('error', () => {}).destroy();
-      // Time for a top-up to run its course.
-      await sleep(150);
-    };
     // The first take is replaced by a top-up, whose dials past the relay's maxCap are refused.
     const failuresBefore = agent.stats().dialFailures;
-    await take();
+    await takeAndClose(relay, agent);
+    await until(() => relay.Active() === 4 && agent.stats().dialFailures > failuresBefore, 'the top-up and its refusals');
+    await sleep(150);
     const refused = agent.stats().dialFailures;
-    expect(refused).toBeGreaterThan(failuresBefore);
-    expect(relay.Active()).toBe(4);
     // The next takes, before the next round, cost the relay no dial.
-    for (let taken = 1; taken < 4; taken++) await take();
+    for (let taken = 1; taken < 4; taken++) {
+      await takeAndClose(relay, agent);
+      // Time for a top-up, were there one, to run its course.
+      await sleep(150);
+    }
     expect(agent.stats().dialFailures).toBe(refused);
     expect(agent.stats().topUps).toBe(1);
     expect(agent.stats().rounds).toBe(rounds);
