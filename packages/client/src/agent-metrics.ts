@@ -1,32 +1,23 @@
-import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { MetricsOptions } from '@pool/shared';
-import { publishStats } from '@pool/shared/internal';
+import { publishStats, scrapedCounter, scrapedGauge } from '@pool/shared/internal';
 import type { AgentStats } from './agent.js';
 
 function register(registry: Registry, sources: ReadonlyMap<string, () => AgentStats>): void {
-  const registers = [registry];
-  new Gauge({
-    name: 'pool_agent_udp_flows_open',
-    help: 'UDP flows the agent carries now.',
-    labelNames: ['pool'],
-    registers,
-    collect() {
-      this.reset();
-      for (const [pool, stats] of sources) this.set({ pool }, stats().flowsOpen);
-    },
+  scrapedGauge(registry, 'pool_agent_udp_flows_open', 'UDP flows the agent carries now.', ['pool'], (gauge) => {
+    for (const [pool, stats] of sources) gauge.set({ pool }, stats().flowsOpen);
   });
-  new Counter({
-    name: 'pool_agent_udp_dropped_total',
-    help: "Target replies to UDP users that the agent dropped, by reason (oversized: over the flow's maximum; backpressure: the flow's connection backed up).",
-    labelNames: ['pool', 'reason'],
-    registers,
-    collect() {
-      this.reset();
+  scrapedCounter(
+    registry,
+    'pool_agent_udp_dropped_total',
+    "Target replies to UDP users that the agent dropped, by reason (oversized: over the flow's maximum; backpressure: the flow's connection backed up).",
+    ['pool', 'reason'],
+    (counter) => {
       for (const [pool, stats] of sources) {
-        for (const [reason, count] of Object.entries(stats().datagramsDropped)) this.inc({ pool, reason }, count);
+        for (const [reason, count] of Object.entries(stats().datagramsDropped)) counter.inc({ pool, reason }, count);
       }
     },
-  });
+  );
 }
 
 /**

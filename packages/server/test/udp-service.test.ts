@@ -49,6 +49,13 @@ function echo(agentEnd: PoolConn, maxDatagram: number): void {
   });
 }
 
+/** A flow's connection whose agent end echoes every datagram back. */
+async function echoingFlow(maxDatagram: number): Promise<PoolConn> {
+  const pair = await pooledPair();
+  echo(pair.client, maxDatagram);
+  return pair.server;
+}
+
 /** Polls `condition` every 10 ms for at most 5 s. */
 async function until(condition: () => boolean): Promise<void> {
   const deadline = Date.now() + 5_000;
@@ -116,9 +123,7 @@ describe('UdpService', () => {
     const errors: Error[] = [];
     const udp = await startService(async (_service, _source, maxDatagram) => {
       await claimed;
-      const pair = await pooledPair();
-      echo(pair.client, maxDatagram);
-      return pair.server;
+      return echoingFlow(maxDatagram);
     }, errors);
     const replies: Buffer[] = [];
     user.on('message', (reply: Buffer) => replies.push(reply));
@@ -142,9 +147,7 @@ describe('UdpService', () => {
     const errors: Error[] = [];
     const udp = await startService(async (_service, _source, maxDatagram) => {
       opened++;
-      const pair = await pooledPair();
-      echo(pair.client, maxDatagram);
-      return pair.server;
+      return echoingFlow(maxDatagram);
     }, errors);
     expect(await exchange(user, udp.port(), 'one')).toBe('one');
     pairs[0]!.client.destroy();
@@ -161,9 +164,7 @@ describe('UdpService', () => {
     const errors: Error[] = [];
     const udp = await startService(async (_service, _source, maxDatagram) => {
       if (++attempts === 1) throw new Error('no agent today');
-      const pair = await pooledPair();
-      echo(pair.client, maxDatagram);
-      return pair.server;
+      return echoingFlow(maxDatagram);
     }, errors);
     user.send('lost', udp.port(), '127.0.0.1');
     await until(() => udp.stats.failed === 1);

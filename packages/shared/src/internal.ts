@@ -19,3 +19,4 @@ export { ErrorCountingEmitter } from './observability/error-counting-emitter.js'
 export { ConnectionTracker, percentile, type OpenState, type ConnectionTrackerOptions } from './observability/connection-tracker.js';
 export { PoolMetrics, outcomeOf, type MetricsSource } from './observability/metrics.js';
 export { publishStats } from './observability/published-stats.js';
+export { scrapedCounter, scrapedGauge } from './observability/scraped.js';

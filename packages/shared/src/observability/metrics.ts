@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { ConnectionTracker, OpenState } from './connection-tracker.js';
 import { InvalidOptionError } from '../core/errors.js';
+import { scrapedCounter, scrapedGauge } from './scraped.js';
 import type { LeasedBytes } from '../pool/leased-connections.js';
 
 /** Where a pool publishes Prometheus metrics. */
@@ -44,18 +45,8 @@ class MetricFamilies {
   constructor(registry: Registry) {
     const registers = [registry];
     const sources = this.sourceByPool;
-    const gauge = <L extends string>(name: string, help: string, labelNames: L[], read: (gauge: Gauge<L | 'pool'>) => void): void => {
-      new Gauge<L | 'pool'>({
-        name,
-        help,
-        labelNames: ['pool', ...labelNames],
-        registers,
-        collect() {
-          this.reset();
-          read(this);
-        },
-      });
-    };
+    const gauge = <L extends string>(name: string, help: string, labelNames: L[], read: (gauge: Gauge<L | 'pool'>) => void): void =>
+      scrapedGauge<L | 'pool'>(registry, name, help, ['pool', ...labelNames], read);
     gauge('pool_connections', 'Pooled connections open now, by lifecycle state.', ['state'], (metric) => {
       for (const [pool, source] of sources) {
         const { byState } = source.tracker.counts();
@@ -77,29 +68,15 @@ class MetricFamilies {
     gauge('pool_clients', 'Distinct clients (token identity or IP) with an open connection to the relay.', [], (metric) => {
       for (const [pool, source] of sources) if (source.clients) metric.set({ pool }, source.clients());
     });
-    new Counter<'pool' | 'direction'>({
-      name: 'pool_leased_bytes_total',
-      help: 'Payload bytes moved through leased connections (open ones included).',
-      labelNames: ['pool', 'direction'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [pool, source] of sources) {
-          const { read, written } = source.leasedBytes();
-          this.inc({ pool, direction: 'received' }, read);
-          this.inc({ pool, direction: 'sent' }, written);
-        }
-      },
+    scrapedCounter(registry, 'pool_leased_bytes_total', 'Payload bytes moved through leased connections (open ones included).', ['pool', 'direction'], (metric) => {
+      for (const [pool, source] of sources) {
+        const { read, written } = source.leasedBytes();
+        metric.inc({ pool, direction: 'received' }, read);
+        metric.inc({ pool, direction: 'sent' }, written);
+      }
     });
-    new Counter<'pool'>({
-      name: 'pool_lifecycle_reconciled_total',
-      help: 'Connection state transitions that came out of order and were reconciled.',
-      labelNames: ['pool'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [pool, source] of sources) this.inc({ pool }, source.tracker.counts().reconciled);
-      },
+    scrapedCounter(registry, 'pool_lifecycle_reconciled_total', 'Connection state transitions that came out of order and were reconciled.', ['pool'], (metric) => {
+      for (const [pool, source] of sources) metric.inc({ pool }, source.tracker.counts().reconciled);
     });
     const counter = <L extends string>(name: string, help: string, label: L): Counter<'pool' | L> =>
       new Counter<'pool' | L>({ name, help, labelNames: ['pool', label], registers });
