@@ -21,7 +21,7 @@ import {
   type ConnectMessage,
   type FlowMessage,
   DatagramBatch,
-  DatagramReader,
+  readDatagrams,
   CLOSE_TARGET_UNREACHABLE,
   CONTROL_FEATURES,
   CONTROL_FEATURES_HEADER,
@@ -107,12 +107,6 @@ export function parseHostPort(name: string, value: string): { host: string; port
   if (!match || port < 1 || port > 65_535 || (match[1] !== undefined && !isIPv6(match[1]))) throw new InvalidOptionError(name, value, 'host:port');
   return { host: (match[1] ?? match[2])!, port };
 }
-
-/**
- * Bytes a UDP flow may have waiting to be written to its pooled connection;
- * past this the target's replies are dropped, as UDP would drop them.
- */
-const FLOW_WRITE_LIMIT_BYTES = 256 * 1024;
 
 /** A UDP socket connected to `target`, of the family its address resolves to. */
 async function udpSocketTo(target: { host: string; port: number }): Promise<UdpSocket> {
@@ -440,30 +434,19 @@ export class Agent extends ErrorCountingEmitter {
       socket = await udpSocketTo(target);
       const flowSocket = socket;
       flowSocket.on('error', (error) => this.logger.debug({ err: error, target: `${target.host}:${target.port}` }, 'UDP target error'));
-      const reader = new DatagramReader(order.maxDatagram);
-      const batch = new DatagramBatch((frames) => conn.write(frames));
+      const batch = new DatagramBatch(conn);
       conn.once('close', () => batch.discard());
-      conn.on('data', (chunk: Buffer) => {
-        let datagrams: Buffer[];
-        try {
-          datagrams = reader.push(chunk);
-        } catch (error) {
-          this.reportError(error as Error);
-          conn.destroy();
-          return;
-        }
-        for (const datagram of datagrams) flowSocket.send(datagram);
-      });
+      readDatagrams(
+        conn,
+        order.maxDatagram,
+        (datagrams) => {
+          for (const datagram of datagrams) flowSocket.send(datagram);
+        },
+        this.reportError,
+      );
       flowSocket.on('message', (datagram: Buffer) => {
-        if (datagram.length > order.maxDatagram) {
-          this.#datagramsDropped.oversized++;
-          return;
-        }
-        if (conn.writableLength + batch.pendingBytes > FLOW_WRITE_LIMIT_BYTES) {
-          this.#datagramsDropped.backpressure++;
-          return;
-        }
-        batch.add(datagram);
+        if (datagram.length > order.maxDatagram) this.#datagramsDropped.oversized++;
+        else if (!batch.add(datagram)) this.#datagramsDropped.backpressure++;
       });
       await closed;
     } catch (error) {

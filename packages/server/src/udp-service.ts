@@ -1,6 +1,6 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
-import { DatagramBatch, DatagramReader, type Endpoint, type PoolConn } from '@pool/shared/internal';
+import { DatagramBatch, readDatagrams, type Endpoint, type PoolConn } from '@pool/shared/internal';
 import type { ServiceStats } from './public-service.js';
 import type { ServiceConfig } from './relay-config.js';
 
@@ -38,12 +38,6 @@ export type FlowOpener = (service: UdpService, source: Endpoint, maxDatagram: nu
  */
 const OPENING_QUEUE_DATAGRAMS = 64;
 const OPENING_QUEUE_BYTES = 64 * 1024;
-/**
- * Bytes a flow may have waiting to be written to its pooled connection; past
- * this, its datagrams are dropped as UDP would drop them, and no other flow
- * waits behind it (each flow has its own connection and its own queue).
- */
-const FLOW_WRITE_LIMIT_BYTES = 256 * 1024;
 /** Socket buffers asked of the kernel for the public port (it caps them at its own maximum). */
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 
@@ -155,18 +149,17 @@ export class UdpService {
       flow = this.#start(source, { address: from.address, port: from.port });
     }
     flow.idle.refresh();
-    if (flow.conn === undefined || flow.batch === undefined) {
+    if (flow.batch === undefined) {
       if (flow.queued.length >= OPENING_QUEUE_DATAGRAMS || flow.queuedBytes + datagram.length > OPENING_QUEUE_BYTES) return this.#drop('queueFull');
       flow.queued.push(datagram);
       flow.queuedBytes += datagram.length;
       return;
     }
-    this.#forward(flow.conn, flow.batch, datagram);
+    this.#forward(flow.batch, datagram);
   };
 
-  #forward(conn: PoolConn, batch: DatagramBatch, datagram: Buffer): void {
-    if (conn.writableLength + batch.pendingBytes > FLOW_WRITE_LIMIT_BYTES) return this.#drop('backpressure');
-    batch.add(datagram);
+  #forward(batch: DatagramBatch, datagram: Buffer): void {
+    if (!batch.add(datagram)) this.#drop('backpressure');
   }
 
   #start(source: string, endpoint: Endpoint): UdpFlow {
@@ -193,24 +186,20 @@ export class UdpService {
       return;
     }
     flow.conn = conn;
-    const batch = new DatagramBatch((frames) => conn.write(frames));
+    const batch = new DatagramBatch(conn);
     flow.batch = batch;
     conn.on('error', () => {});
     conn.once('close', () => this.#end(source, flow));
-    const reader = new DatagramReader(this.#options.maxDatagram);
-    conn.on('data', (chunk: Buffer) => {
-      let datagrams: Buffer[];
-      try {
-        datagrams = reader.push(chunk);
-      } catch (error) {
-        this.#onError(error as Error);
-        conn.destroy();
-        return;
-      }
-      if (datagrams.length > 0) flow.idle.refresh();
-      for (const datagram of datagrams) this.#reply(datagram, user);
-    });
-    for (const datagram of flow.queued.splice(0)) this.#forward(conn, batch, datagram);
+    readDatagrams(
+      conn,
+      this.#options.maxDatagram,
+      (datagrams) => {
+        if (datagrams.length > 0) flow.idle.refresh();
+        for (const datagram of datagrams) this.#reply(datagram, user);
+      },
+      this.#onError,
+    );
+    for (const datagram of flow.queued.splice(0)) this.#forward(batch, datagram);
   }
 
   #reply(datagram: Buffer, user: Endpoint): void {

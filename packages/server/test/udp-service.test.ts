@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import type { Socket } from 'node:dgram';
 import { once } from 'node:events';
-import { DatagramBatch, DatagramReader, type PoolConn } from '@pool/shared/internal';
+import { DatagramBatch, readDatagrams, type PoolConn } from '@pool/shared/internal';
 import { boundUdpSocket } from '../../../tests/helpers/udp.js';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 import { UdpService, type FlowOpener } from '../src/udp-service.js';
@@ -42,11 +42,17 @@ async function pooledPair(): Promise<ConnPair> {
 
 /** The agent's end of a flow, echoing every datagram back. */
 function echo(agentEnd: PoolConn, maxDatagram: number): void {
-  const reader = new DatagramReader(maxDatagram);
-  const batch = new DatagramBatch((frames) => agentEnd.write(frames));
-  agentEnd.on('data', (chunk: Buffer) => {
-    for (const datagram of reader.push(chunk)) batch.add(datagram);
-  });
+  const batch = new DatagramBatch(agentEnd);
+  readDatagrams(
+    agentEnd,
+    maxDatagram,
+    (datagrams) => {
+      for (const datagram of datagrams) batch.add(datagram);
+    },
+    (error) => {
+      throw error;
+    },
+  );
 }
 
 /** A flow's connection whose agent end echoes every datagram back. */

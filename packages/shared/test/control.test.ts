@@ -4,6 +4,7 @@ import {
   CONTROL_MAX_BYTES,
   DATAGRAM_LENGTH_BYTES,
   DatagramBatch,
+  FLOW_WRITE_LIMIT_BYTES,
   DatagramReader,
   MAX_DATAGRAM_BYTES,
   decodeControl,
@@ -83,7 +84,7 @@ describe('datagram framing', () => {
 
   it('writes the datagrams of one turn of the event loop together, a lone one at the end of the turn, and 64 KiB at once', async () => {
     const writes: Buffer[] = [];
-    const batch = new DatagramBatch((frames) => writes.push(frames));
+    const batch = new DatagramBatch({ write: (frames: Buffer) => writes.push(frames), writableLength: 0 });
     batch.add(Buffer.from('a'));
     batch.add(Buffer.from('bc'));
     expect(writes).toHaveLength(0);
@@ -99,6 +100,20 @@ describe('datagram framing', () => {
     batch.discard();
     await new Promise((resolve) => setImmediate(resolve));
     expect(writes).toHaveLength(2);
+  });
+
+  it('takes no datagram once the flow has FLOW_WRITE_LIMIT_BYTES waiting, written or not', () => {
+    const sink = { write: (): void => {}, writableLength: FLOW_WRITE_LIMIT_BYTES - 1_000 };
+    const batch = new DatagramBatch(sink);
+    expect(batch.add(Buffer.alloc(998))).toBe(true);
+    // 1,000 framed bytes pending on top of the sink's: at the limit, not over it.
+    expect(batch.add(Buffer.alloc(10))).toBe(true);
+    expect(batch.add(Buffer.alloc(10))).toBe(false);
+    expect(batch.pendingBytes).toBe(1_000 + 12);
+    batch.discard();
+    sink.writableLength = 0;
+    expect(batch.add(Buffer.alloc(10))).toBe(true);
+    batch.discard();
   });
 
   it('refuses a framed datagram over the flow maximum with ERR_PROTOCOL, before its bytes arrive', () => {

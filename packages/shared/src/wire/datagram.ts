@@ -1,3 +1,4 @@
+import type { Duplex } from 'node:stream';
 import { ProtocolError } from '../core/errors.js';
 
 /**
@@ -58,8 +59,40 @@ export class DatagramReader {
   }
 }
 
+/**
+ * Reads the datagrams that arrive on a flow's pooled connection into
+ * `onDatagrams`, chunk by chunk. A framing error is the peer breaking the
+ * protocol: it is reported and the connection destroyed.
+ */
+export function readDatagrams(conn: Duplex, maxBytes: number, onDatagrams: (datagrams: Buffer[]) => void, onError: (error: Error) => void): void {
+  const reader = new DatagramReader(maxBytes);
+  conn.on('data', (chunk: Buffer) => {
+    let datagrams: Buffer[];
+    try {
+      datagrams = reader.push(chunk);
+    } catch (error) {
+      onError(error as Error);
+      conn.destroy();
+      return;
+    }
+    onDatagrams(datagrams);
+  });
+}
+
 /** Bytes of framed datagrams one write carries at most: a batch this large is written at once. */
 const BATCH_MAX_BYTES = 64 * 1024;
+/**
+ * Bytes a flow may have waiting for its pooled connection, written or not;
+ * past this its datagrams are dropped, as UDP would drop them, and no other
+ * flow waits behind it (each flow has its own connection).
+ */
+export const FLOW_WRITE_LIMIT_BYTES = 256 * 1024;
+
+/** Where a batch writes: a flow's pooled connection. */
+export interface DatagramSink {
+  write(frames: Buffer): unknown;
+  readonly writableLength: number;
+}
 
 /**
  * Collects the datagrams framed for one connection during a turn of the event
@@ -68,13 +101,13 @@ const BATCH_MAX_BYTES = 64 * 1024;
  * lone datagram waits for nothing but the end of the current turn.
  */
 export class DatagramBatch {
-  readonly #write: (frames: Buffer) => void;
+  readonly #sink: DatagramSink;
   #datagrams: Uint8Array[] = [];
   #bytes = 0;
   #scheduled: NodeJS.Immediate | undefined;
 
-  constructor(write: (frames: Buffer) => void) {
-    this.#write = write;
+  constructor(sink: DatagramSink) {
+    this.#sink = sink;
   }
 
   /** Framed bytes not yet written. */
@@ -82,12 +115,18 @@ export class DatagramBatch {
     return this.#bytes;
   }
 
-  /** Queues `datagram`, which is framed (copied) when the batch is written: until then it must not change. */
-  add(datagram: Uint8Array): void {
+  /**
+   * Queues `datagram`, which is framed (copied) when the batch is written:
+   * until then it must not change. False, and nothing queued, when the flow
+   * already has `FLOW_WRITE_LIMIT_BYTES` waiting (the caller counts the drop).
+   */
+  add(datagram: Uint8Array): boolean {
+    if (this.#sink.writableLength + this.#bytes > FLOW_WRITE_LIMIT_BYTES) return false;
     this.#datagrams.push(datagram);
     this.#bytes += DATAGRAM_LENGTH_BYTES + datagram.length;
     if (this.#bytes >= BATCH_MAX_BYTES) this.flush();
     else this.#scheduled ??= setImmediate(this.flush);
+    return true;
   }
 
   readonly flush = (): void => {
@@ -97,7 +136,7 @@ export class DatagramBatch {
     const frames = frameDatagrams(this.#datagrams);
     this.#datagrams = [];
     this.#bytes = 0;
-    this.#write(frames);
+    this.#sink.write(frames);
   };
 
   /** Drops what is pending, for a connection that is gone. */
