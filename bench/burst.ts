@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { ROOT, percentile, sleep, spawnUntil } from './lib.js';
+import { ROOT, percentile, plainForwarder, sleep, spawnUntil } from './lib.js';
 
 /** One burst: N users at the same instant, each timed from connect() to the first byte back. */
 export interface BurstOutcome {
@@ -12,6 +12,11 @@ export interface BurstOutcome {
   max: number;
   /** Times to first byte of the users served, sorted, in ms. */
   sorted: number[];
+  /**
+   * Connections the kernel dropped during the burst because a listen queue was full (`ListenOverflows`, for the
+   * whole machine); each costs its user a 1 s SYN retransmit. Undefined off Linux.
+   */
+  listenOverflows: number | undefined;
 }
 
 export interface BurstRow {
@@ -22,6 +27,17 @@ export interface BurstRow {
   direct: BurstOutcome;
   /** CPU time the relay and the agent used during the tunnel burst, in ms; undefined where `/proc` is not there to read it. */
   cpuMs: { relay: number; agent: number } | undefined;
+  /**
+   * Cold only: the same burst through one and through two plain TCP forwarders in fresh Node processes (no TLS, no
+   * WebSocket, no pool), each followed by its own direct burst: the floor under any relay and agent written in Node.
+   */
+  floors: BurstFloor[];
+}
+
+export interface BurstFloor {
+  hops: 1 | 2;
+  forwarded: BurstOutcome;
+  direct: BurstOutcome;
 }
 
 /** CPU time (user and system, all threads) a process has used, in ms, from `/proc`; undefined off Linux. */
@@ -36,11 +52,26 @@ function cpuMsOf(pid: number | undefined): number | undefined {
   }
 }
 
+/** The kernel's count of connections dropped on a full listen queue, from `/proc`; undefined off Linux. */
+function listenOverflows(): number | undefined {
+  try {
+    const [names, values] = readFileSync('/proc/net/netstat', 'utf8')
+      .split('\n')
+      .filter((line) => line.startsWith('TcpExt:'))
+      .map((line) => line.split(' '));
+    const index = names?.indexOf('ListenOverflows') ?? -1;
+    return index === -1 ? undefined : Number(values?.[index]);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Gives up on a user after this long, in ms: far beyond any timeout of ours. */
 const USER_LIMIT_MS = 15_000;
 
 /** `users` connections at once to `port`; each writes a few bytes and waits for the first one back. */
 async function burstAt(port: number, users: number): Promise<BurstOutcome> {
+  const overflowsBefore = listenOverflows();
   const times = await Promise.all(
     Array.from(
       { length: users },
@@ -63,6 +94,7 @@ async function burstAt(port: number, users: number): Promise<BurstOutcome> {
     ),
   );
   const sorted = times.filter((time): time is number => time !== undefined).sort((a, b) => a - b);
+  const overflowsAfter = listenOverflows();
   return {
     ok: sorted.length,
     failed: users - sorted.length,
@@ -71,7 +103,26 @@ async function burstAt(port: number, users: number): Promise<BurstOutcome> {
     p99: percentile(sorted, 0.99),
     max: sorted.at(-1) ?? Number.NaN,
     sorted,
+    listenOverflows: overflowsBefore === undefined || overflowsAfter === undefined ? undefined : overflowsAfter - overflowsBefore,
   };
+}
+
+/** A cold burst of `users` through one, then through two, fresh plain forwarders to `targetPort`, each followed by the same burst direct. */
+async function floorBursts(targetPort: number, users: number): Promise<BurstFloor[]> {
+  const floors: BurstFloor[] = [];
+  for (const hops of [1, 2] as const) {
+    const second = await plainForwarder(targetPort);
+    const first = hops === 2 ? await plainForwarder(second.port) : second;
+    try {
+      await sleep(300);
+      const forwarded = await burstAt(first.port, users);
+      floors.push({ hops, forwarded, direct: await burstAt(targetPort, users) });
+    } finally {
+      first.child.kill('SIGKILL');
+      second.child.kill('SIGKILL');
+    }
+  }
+  return floors;
 }
 
 /**
@@ -80,7 +131,8 @@ async function burstAt(port: number, users: number): Promise<BurstOutcome> {
  * echo target like a typical service (Node's default backlog, its own
  * process). N users hit the relay's public port at the same instant right
  * after the agent connected (cold), and again 10 s later (warm); each burst is
- * followed by the same N straight to the target.
+ * followed by the same N straight to the target. Then the cold burst's floors
+ * (see `BurstRow.floors`), with the relay and the agent gone.
  */
 export async function bursts(sizes: number[], warmAfterMs = 10_000, flags: { relay?: string[]; agent?: string[] } = {}): Promise<BurstRow[]> {
   const target = await spawnUntil(
@@ -110,18 +162,20 @@ export async function bursts(sizes: number[], warmAfterMs = 10_000, flags: { rel
         const after = cpuNow();
         return { tunnel, cpuMs: before && after && { relay: after.relay - before.relay, agent: after.agent - before.agent } };
       };
+      const coldFloors: BurstFloor[] = [];
       try {
         const cold = await tunnelBurst();
         const coldDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'cold', ...cold, direct: coldDirect });
+        rows.push({ users, phase: 'cold', ...cold, direct: coldDirect, floors: coldFloors });
         await sleep(warmAfterMs);
         const warm = await tunnelBurst();
         const warmDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'warm', ...warm, direct: warmDirect });
+        rows.push({ users, phase: 'warm', ...warm, direct: warmDirect, floors: [] });
       } finally {
         agent.child.kill('SIGKILL');
         relay.child.kill('SIGKILL');
       }
+      coldFloors.push(...(await floorBursts(targetPort, users)));
     }
   } finally {
     target.child.kill('SIGKILL');

@@ -75,3 +75,35 @@ export function spawnUntil(args: string[], pattern: RegExp, { command = process.
     });
   });
 }
+
+/**
+ * A plain TCP forwarder to `targetPort` in its own Node process: accept, connect, pipe both ways; no TLS, no
+ * WebSocket, no pool. It listens with the relay's default backlog (2,048). Two of them in a row are the cheapest
+ * thing a relay and an agent could be, so what they cost is the floor under any design that puts two Node
+ * processes between a user and a service.
+ */
+export async function plainForwarder(targetPort: number): Promise<{ child: ChildProcess; port: number }> {
+  const { child, match } = await spawnUntil(
+    [
+      '-e',
+      `const net = require('node:net');
+      net.createServer((user) => {
+        const target = net.connect(${targetPort}, '127.0.0.1');
+        user.setNoDelay(true);
+        target.setNoDelay(true);
+        user.on('error', () => target.destroy());
+        target.on('error', () => user.destroy());
+        user.pipe(target).pipe(user);
+      }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+    ],
+    /port=(\d+)/,
+  );
+  return { child, port: Number(match[1]) };
+}
+
+/** Two plain forwarders in a row to `targetPort` (see `plainForwarder`); `port` is the first one's. */
+export async function plainForwarderPair(targetPort: number): Promise<{ kill: () => void; port: number }> {
+  const second = await plainForwarder(targetPort);
+  const first = await plainForwarder(second.port);
+  return { kill: () => [first, second].forEach(({ child }) => child.kill('SIGKILL')), port: first.port };
+}

@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { Pool } from 'undici';
 import { ClientPool } from '@pool/client';
 import { ServerPool, receiveId } from '@pool/server';
-import { RoleProcess, median, percentile, sleep } from './lib.js';
+import { ROOT, RoleProcess, median, percentile, plainForwarderPair, sleep } from './lib.js';
 import { DUPLEX_MODES, pipeFor, sendAndCount, type DuplexMode } from './roles.js';
 
 type Sample = { t: number; idle: number; capacity: number; interval: number };
@@ -105,6 +104,8 @@ export interface FillRun {
 export interface FillResult {
   rawSequential: FillRun;
   rawConcurrent: FillRun;
+  /** TLS 1.3 handshakes alone at concurrency 32, no WebSocket: the ceiling for anything that opens one TLS connection per pooled connection in Node. */
+  bareTls: FillRun;
   pool: FillRun;
   poolNoResumption: FillRun;
   samples: Sample[];
@@ -124,10 +125,11 @@ async function fillFrom<T extends FullMessage>(server: RoleProcess, startClient:
   return { run, full };
 }
 
-async function rawHandshakeRate(count: number, concurrency: number): Promise<FillRun> {
-  const server = new RoleProcess('raw-server');
+/** Full handshakes by bare ws clients to a bare ws server; with `bare`, TLS handshakes alone, with no WebSocket upgrade after them. */
+async function rawHandshakeRate(count: number, concurrency: number, bare = false): Promise<FillRun> {
+  const server = new RoleProcess('raw-server', { bare });
   const { port } = await server.next<{ type: 'ready'; port: number }>('ready');
-  return (await fillFrom(server, () => new RoleProcess('raw-clients', { port, count, concurrency }), count)).run;
+  return (await fillFrom(server, () => new RoleProcess('raw-clients', { port, count, concurrency, bare }), count)).run;
 }
 
 async function poolFill(count: number, reuse: boolean): Promise<{ run: FillRun; samples: Sample[] }> {
@@ -141,9 +143,10 @@ async function poolFill(count: number, reuse: boolean): Promise<{ run: FillRun; 
 export async function fillRate(count: number): Promise<FillResult> {
   const rawSequential = await rawHandshakeRate(Math.min(count, 300), 1);
   const rawConcurrent = await rawHandshakeRate(count, 32);
+  const bareTls = await rawHandshakeRate(count, 32, true);
   const withResumption = await poolFill(count, true);
   const without = await poolFill(count, false);
-  return { rawSequential, rawConcurrent, pool: withResumption.run, poolNoResumption: without.run, samples: withResumption.samples };
+  return { rawSequential, rawConcurrent, bareTls, pool: withResumption.run, poolNoResumption: without.run, samples: withResumption.samples };
 }
 
 /** 3a. IncomingGet on a warm pool held by an agent in another process: latencies in µs. */
@@ -275,10 +278,14 @@ export async function scale(count: number, keepAliveMs: number): Promise<{ fillS
   return { fillSeconds: fillMs / 1000, keepAliveCpuShare: share, incomingP99: percentile(incoming, 0.99) };
 }
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-
-/** 6. User -> relay -> agent -> target, every hop its own process: bulk MB/s and HTTP requests/s against direct. */
-export async function throughTunnel(bulkBytes: number, httpSeconds: number): Promise<{ bulkMBps: number; directRps: number; tunnelRps: number; directP99: number; tunnelP99: number }> {
+/**
+ * 6. User -> relay -> agent -> target, every hop its own process: bulk MB/s and HTTP requests/s against direct, and
+ * the same HTTP load through two plain forwarders (`forwardedRps`), the ceiling for any two Node hops.
+ */
+export async function throughTunnel(
+  bulkBytes: number,
+  httpSeconds: number,
+): Promise<{ bulkMBps: number; directRps: number; tunnelRps: number; forwardedRps: number; directP99: number; tunnelP99: number }> {
   // Targets in their own process: a byte sink that answers once it has `bulkBytes`, and an HTTP server.
   const targets = spawn(process.execPath, ['-e', `
     const net = require('node:net'); const http = require('node:http');
@@ -345,7 +352,10 @@ export async function throughTunnel(bulkBytes: number, httpSeconds: number): Pro
   const tunnel = await load(publicPort);
   agent.kill();
   bulkRelay.kill();
+  const forwarders = await plainForwarderPair(targetPorts.web);
+  const forwarded = await load(forwarders.port);
+  forwarders.kill();
   targets.kill('SIGKILL');
-  return { bulkMBps, directRps: direct.rps, tunnelRps: tunnel.rps, directP99: direct.p99, tunnelP99: tunnel.p99 };
+  return { bulkMBps, directRps: direct.rps, tunnelRps: tunnel.rps, forwardedRps: forwarded.rps, directP99: direct.p99, tunnelP99: tunnel.p99 };
 }
 

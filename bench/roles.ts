@@ -3,7 +3,7 @@
 // separate processes so that each side's CPU and memory are its own.
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
-import { createServer as createTlsServer } from 'node:tls';
+import { connect as tlsConnect, createServer as createTlsServer, type Server } from 'node:tls';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import WebSocket, { WebSocketServer, createWebSocketStream } from 'ws';
@@ -234,25 +234,54 @@ async function agent({ port, count, reuse, keepAlive }: { port: number; count: n
   });
 }
 
-/** A bare ws server over TLS that holds whatever connects: the memory baseline for the relay. */
-async function rawServer(): Promise<void> {
+/**
+ * A bare ws server over TLS that holds whatever connects: the memory baseline for the relay. With `bare`, a TLS
+ * server with no WebSocket on top: the cost of the TLS handshake alone.
+ */
+async function rawServer({ bare = false }: { bare?: boolean }): Promise<void> {
   const cert = await generateDevCertificate();
-  const server = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
-  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  let server: Server;
+  let active: () => number;
+  if (bare) {
+    let held = 0;
+    server = createTlsServer({ ...cert, minVersion: 'TLSv1.3' }, (socket) => {
+      held++;
+      socket.on('error', () => {});
+    });
+    active = () => held;
+  } else {
+    const https = createHttpsServer({ ...cert, minVersion: 'TLSv1.3' });
+    const wss = new WebSocketServer({ server: https, perMessageDeflate: false });
+    server = https;
+    wss.on('connection', (ws) => ws.on('error', () => {}));
+    active = () => wss.clients.size;
+  }
   const baseline = memory();
-  wss.on('connection', (ws) => ws.on('error', () => {}));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   process.on('message', (message: RoleMessage) => {
-    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: wss.clients.size });
+    if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: active() });
     if (message.type === 'usage') send({ type: 'usage', cpuMs: cpuMs() });
   });
   send({ type: 'ready', port: (server.address() as AddressInfo).port });
 }
 
-/** `count` bare wss clients, `concurrency` handshakes at a time: the handshake-rate and memory baseline for the agent. */
-async function rawClients({ port, count, concurrency }: { port: number; count: number; concurrency: number }): Promise<void> {
+/**
+ * `count` bare wss clients, `concurrency` handshakes at a time: the handshake-rate and memory baseline for the agent.
+ * With `bare`, TLS connections with no WebSocket on top.
+ */
+async function rawClients({ port, count, concurrency, bare = false }: { port: number; count: number; concurrency: number; bare?: boolean }): Promise<void> {
   const baseline = memory();
-  const held: WebSocket[] = [];
+  const held: Array<WebSocket | Socket> = [];
+  const open = (): Promise<WebSocket | Socket> => {
+    if (bare) {
+      const socket = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+      socket.on('error', () => {});
+      return new Promise((resolve) => socket.once('secureConnect', () => resolve(socket)));
+    }
+    const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { perMessageDeflate: false, rejectUnauthorized: false });
+    ws.on('error', () => {});
+    return new Promise((resolve) => ws.once('open', () => resolve(ws)));
+  };
   const started = performance.now();
   const cpuAtStart = cpuMs();
   let next = 0;
@@ -260,10 +289,7 @@ async function rawClients({ port, count, concurrency }: { port: number; count: n
     Array.from({ length: concurrency }, async () => {
       while (next < count) {
         next++;
-        const ws = new WebSocket(`wss://127.0.0.1:${port}/`, { perMessageDeflate: false, rejectUnauthorized: false });
-        ws.on('error', () => {});
-        await new Promise((resolve) => ws.once('open', resolve));
-        held.push(ws);
+        held.push(await open());
       }
     }),
   );
