@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { ROOT, percentile, plainForwarder, sleep, spawnUntil } from './lib.js';
+import { ROOT, percentile, plainForwarders, sleep, spawnUntil } from './lib.js';
 
 /** One burst: N users at the same instant, each timed from connect() to the first byte back. */
 export interface BurstOutcome {
@@ -111,15 +111,13 @@ async function burstAt(port: number, users: number): Promise<BurstOutcome> {
 async function floorBursts(targetPort: number, users: number): Promise<BurstFloor[]> {
   const floors: BurstFloor[] = [];
   for (const hops of [1, 2] as const) {
-    const second = await plainForwarder(targetPort);
-    const first = hops === 2 ? await plainForwarder(second.port) : second;
+    const forwarders = await plainForwarders(targetPort, hops);
     try {
       await sleep(300);
-      const forwarded = await burstAt(first.port, users);
+      const forwarded = await burstAt(forwarders.port, users);
       floors.push({ hops, forwarded, direct: await burstAt(targetPort, users) });
     } finally {
-      first.child.kill('SIGKILL');
-      second.child.kill('SIGKILL');
+      forwarders.kill();
     }
   }
   return floors;

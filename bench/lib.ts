@@ -76,13 +76,8 @@ export function spawnUntil(args: string[], pattern: RegExp, { command = process.
   });
 }
 
-/**
- * A plain TCP forwarder to `targetPort` in its own Node process: accept, connect, pipe both ways; no TLS, no
- * WebSocket, no pool. It listens with the relay's default backlog (2,048). Two of them in a row are the cheapest
- * thing a relay and an agent could be, so what they cost is the floor under any design that puts two Node
- * processes between a user and a service.
- */
-export async function plainForwarder(targetPort: number): Promise<{ child: ChildProcess; port: number }> {
+/** A plain TCP forwarder to `targetPort` in its own Node process: accept, connect, pipe both ways. */
+async function plainForwarder(targetPort: number): Promise<{ child: ChildProcess; port: number }> {
   const { child, match } = await spawnUntil(
     [
       '-e',
@@ -101,9 +96,19 @@ export async function plainForwarder(targetPort: number): Promise<{ child: Child
   return { child, port: Number(match[1]) };
 }
 
-/** Two plain forwarders in a row to `targetPort` (see `plainForwarder`); `port` is the first one's. */
-export async function plainForwarderPair(targetPort: number): Promise<{ kill: () => void; port: number }> {
-  const second = await plainForwarder(targetPort);
-  const first = await plainForwarder(second.port);
-  return { kill: () => [first, second].forEach(({ child }) => child.kill('SIGKILL')), port: first.port };
+/**
+ * `hops` plain TCP forwarders in a row to `targetPort`, each in its own Node process: no TLS, no WebSocket, no pool,
+ * and the relay's default backlog (2,048). `port` is the first one's. Two of them are the cheapest thing a relay and
+ * an agent could be, so what they cost is the floor under any design that puts Node processes between a user and a
+ * service.
+ */
+export async function plainForwarders(targetPort: number, hops: number): Promise<{ kill: () => void; port: number }> {
+  const chain: ChildProcess[] = [];
+  let port = targetPort;
+  for (let hop = 0; hop < hops; hop++) {
+    const forwarder = await plainForwarder(port);
+    chain.push(forwarder.child);
+    port = forwarder.port;
+  }
+  return { kill: () => chain.forEach((child) => child.kill('SIGKILL')), port };
 }

@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import { Pool } from 'undici';
 import { ClientPool } from '@pool/client';
 import { ServerPool, receiveId } from '@pool/server';
-import { ROOT, RoleProcess, median, percentile, plainForwarderPair, sleep } from './lib.js';
+import { ROOT, RoleProcess, median, percentile, plainForwarders, sleep } from './lib.js';
 import { DUPLEX_MODES, pipeFor, sendAndCount, type DuplexMode } from './roles.js';
 
 type Sample = { t: number; idle: number; capacity: number; interval: number };
@@ -352,7 +352,7 @@ export async function throughTunnel(
   const tunnel = await load(publicPort);
   agent.kill();
   bulkRelay.kill();
-  const forwarders = await plainForwarderPair(targetPorts.web);
+  const forwarders = await plainForwarders(targetPorts.web, 2);
   const forwarded = await load(forwarders.port);
   forwarders.kill();
   targets.kill('SIGKILL');
