@@ -467,18 +467,22 @@ export class Agent extends ErrorCountingEmitter {
       // allowHalfOpen: the target's FIN ends one direction only; splice carries it to the user.
       const socket = connect({ ...address, timeout: this.#targetTimeoutMs, noDelay: true, allowHalfOpen: true });
       const target = `${address.host}:${address.port}`;
-      const fail = (error: Error): void => {
+      const fail = (error: TargetUnreachableError): void => {
         socket.destroy();
         reject(error);
       };
-      socket.once('error', (error: Error) => fail(new TargetUnreachableError(target, `refused the connection (${(error as { code?: string }).code ?? error.message})`, error)));
-      socket.once('timeout', () => fail(new TargetUnreachableError(target, `did not accept within ${this.#targetTimeoutMs} ms`)));
+      const onError = (error: Error): void =>
+        fail(new TargetUnreachableError(target, `refused the connection (${(error as { code?: string }).code ?? error.message})`, error));
+      const onTimeout = (): void => fail(new TargetUnreachableError(target, `did not accept within ${this.#targetTimeoutMs} ms`));
+      socket.once('error', onError);
+      socket.once('timeout', onTimeout);
       socket.once('connect', () => {
-        socket.removeListener('error', fail);
+        // From here splice owns the socket and its errors.
+        socket.removeListener('error', onError);
+        socket.removeListener('timeout', onTimeout);
         socket.setTimeout(0);
         resolve(socket);
       });
     });
   }
-
 }
