@@ -477,9 +477,11 @@ export class Agent extends ErrorCountingEmitter {
       socket.once('error', onError);
       socket.once('timeout', onTimeout);
       socket.once('connect', () => {
-        // From here splice owns the socket and its errors.
+        // From here splice owns the socket and reports its errors. It takes over a microtask
+        // later, and an error emitted on the next tick must still find a listener.
         socket.removeListener('error', onError);
         socket.removeListener('timeout', onTimeout);
+        socket.on('error', () => {});
         socket.setTimeout(0);
         resolve(socket);
       });
