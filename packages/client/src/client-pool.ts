@@ -507,13 +507,24 @@ export class ClientPool extends ErrorCountingEmitter {
     if (this.#lastRoundFailed || this.#topUpsRefused) return;
     this.#stats.topUps++;
     const round: DialRound = { successes: 0, failuresInARow: 0 };
+    await this.#dialWhile(round, signal, this.#dialConcurrency, () => true);
+    if (round.failuresInARow >= OUTAGE_FAILURES) this.#topUpsRefused = true;
+  }
+
+  /**
+   * Runs `dialers` dial loops at once. Before each dial, a loop checks that the
+   * pool has room, that the round has not failed {@link OUTAGE_FAILURES} times
+   * in a row (the relay is down or refusing us, from the start or since it
+   * died mid-round: start no more), and, last, `claim()`, which takes one of
+   * the caller's dials and says false when none is left.
+   */
+  async #dialWhile(round: DialRound, signal: AbortSignal, dialers: number, claim: () => boolean): Promise<void> {
     const dialer = async (): Promise<void> => {
-      while (this.#belowCapacity() && !signal.aborted && round.failuresInARow < OUTAGE_FAILURES) {
+      while (this.#belowCapacity() && !signal.aborted && round.failuresInARow < OUTAGE_FAILURES && claim()) {
         await this.#dialWithRetry(round, signal).catch(() => {});
       }
     };
-    await Promise.all(Array.from({ length: this.#dialConcurrency }, dialer));
-    if (round.failuresInARow >= OUTAGE_FAILURES) this.#topUpsRefused = true;
+    await Promise.all(Array.from({ length: dialers }, dialer));
   }
 
   /**
@@ -559,16 +570,12 @@ export class ClientPool extends ErrorCountingEmitter {
       started++;
       await this.#dialWithRetry(round, signal).catch(() => {});
     }
-    // A round whose dials keep failing has found the relay down (from the start, or since it died
-    // mid-round): start no more dials.
-    const relayDown = (): boolean => round.failuresInARow >= OUTAGE_FAILURES;
-    const dialer = async (): Promise<void> => {
-      while (started < attempts && !signal.aborted && !relayDown() && this.#belowCapacity()) {
-        started++;
-        await this.#dialWithRetry(round, signal).catch(() => {});
-      }
+    const claimAttempt = (): boolean => {
+      if (started >= attempts) return false;
+      started++;
+      return true;
     };
-    await Promise.all(Array.from({ length: Math.min(this.#dialConcurrency, attempts) }, dialer));
+    await this.#dialWhile(round, signal, Math.min(this.#dialConcurrency, attempts), claimAttempt);
     if (signal.aborted) return;
     // Read after the round: a reconfiguration during it applies now.
     const { minCap, maxCap, minInterval, maxInterval } = this.#settings;
