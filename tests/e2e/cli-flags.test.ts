@@ -1,8 +1,21 @@
-import { describe, expect, it } from '@jest/globals';
+import { beforeAll, describe, expect, it } from '@jest/globals';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
+import { selfSignedCert } from '../helpers/tls-cert.js';
 
 // Bad flags and env vars: each CLI refuses them before it listens or dials,
 // with exit code 2 and one line that names the flag (or env var) as written.
+
+const pems = mkdtempSync(join(tmpdir(), 'pool-flags-'));
+const CERT = join(pems, 'relay.crt');
+const KEY = join(pems, 'relay.key');
+beforeAll(async () => {
+  const { cert, key } = await selfSignedCert();
+  writeFileSync(CERT, cert);
+  writeFileSync(KEY, key);
+});
 
 const relayBase = ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0'];
 const agentBase = ['--server', '127.0.0.1:1', '--target', '127.0.0.1:2'];
@@ -27,6 +40,10 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
   ['relay', 'an unknown log level', ['--log-level', 'loud'], {}, /invalid --log-level "loud"/],
   ['relay', 'a missing config file', ['--config', '/nonexistent/relay.yaml'], {}, /ENOENT|no such file/],
   ['relay', 'an unknown flag', ['--prot', '1'], {}, /Unknown option '--prot'/],
+  ['relay', 'a certificate and key swapped', ['--tls-cert', KEY, '--tls-key', CERT], {}, /--tls-cert \S+relay\.key: it holds a private key \(are cert and key swapped\?\)/],
+  ['relay', 'a --tls-key that is no PEM', ['--tls-cert', CERT, '--tls-key', '/dev/null'], {}, /--tls-key \/dev\/null: not a PEM private key/],
+  ['relay', 'a malformed --agent-fingerprint', ['--agent-fingerprint', 'AB:CD'], {}, /--agent-fingerprint "AB:CD": expected the SHA-256 fingerprint pool-agent printed/],
+  ['relay', '--agent-fingerprint with --plain', ['--agent-fingerprint', 'ab'.repeat(32), '--plain'], {}, /--agent-fingerprint needs TLS/],
   ['agent', 'a --tls-ca that is no certificate', ['--tls-ca', '/dev/null'], {}, /--tls-ca \/dev\/null: not a PEM certificate/],
   ['agent', 'a missing --tls-ca file', ['--tls-ca', '/nonexistent.crt'], {}, /--tls-ca \/nonexistent\.crt: ENOENT/],
   ['agent', 'a --tls-fingerprint that is no SHA-256 fingerprint', ['--tls-fingerprint', 'AB:CD'], {}, /--tls-fingerprint "AB:CD": expected the SHA-256 fingerprint pool-relay prints/],
@@ -36,6 +53,7 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
   ['agent', 'a --service without a target', ['--service', 'web'], {}, /--service "web": expected name=host:port/],
   ['agent', 'a min-cap of 0', ['--min-cap', '0'], {}, /invalid --min-cap "0": expected a whole number from 1/],
   ['agent', 'an unknown tls mode', ['--tls', 'maybe'], {}, /invalid tls "maybe"/],
+  ['agent', '--key-dir with a ws:// relay', ['--server', 'ws://127.0.0.1:1', '--key-dir', '/tmp'], {}, /--key-dir needs TLS/],
   ['agent', 'a server on port 0', ['--server', 'relay.example.com:0'], {}, /invalid server "relay\.example\.com:0"/],
 ];
 

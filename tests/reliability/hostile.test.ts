@@ -21,9 +21,10 @@ const targets = new TargetServers();
 let relay: CliProcess;
 let agent: CliProcess;
 let ports: { port: number; publicPort: number };
+let target: string;
 
 beforeAll(async () => {
-  const target = await targets.listen(echoServer());
+  target = await targets.listen(echoServer());
   const started = await startRelay(['--headers-timeout', String(HEADERS_TIMEOUT_MS), '--max-payload', String(1024 * 1024), '--status-interval', '200']);
   relay = started.relay;
   ports = { port: started.port, publicPort: started.publicPort };
@@ -153,7 +154,12 @@ describe('hostile input', () => {
     expect(await refusal(sessionless)).toBe(400);
     sessionless.terminate();
 
-    // This relay takes any agent (no token): whoever opens the control channel is given the session.
+    // This relay takes any agent (no token), but not the place of a live one: a stray control client waits (409).
+    const stray = await asAgent('/control', { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': 'session' });
+    expect(await refusal(stray)).toBe(409);
+    stray.terminate();
+    // Once the agent has drained and left, whoever opens the control channel is given the session.
+    await agent.stop('SIGTERM');
     const control = await asAgent('/control', { 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': 'session' });
     const [first] = (await once(control, 'message')) as [Buffer];
     const { secret } = JSON.parse(first.toString()) as { secret: string };
@@ -177,8 +183,8 @@ describe('hostile input', () => {
     control.send('{"v":1,"type":"connect","id":"a1b2c3d4"}');
     expect(await controlClosed).toBe(1003);
 
-    // The real agent was replaced by this control client for a moment; it reconnects.
-    await agent.waitFor(/control connected/, 10_000);
+    // The control client is gone: a new agent takes its place at once.
+    agent = await startAgent(ports.port, target, ['--min-cap', '8', '--max-cap', '16']);
     await stillServes();
   }, 30_000);
 

@@ -5,6 +5,7 @@ import { lookup } from 'node:dns/promises';
 import { connect, isIPv6, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import {
+  AgentConnectedError,
   UnknownServiceError,
   InvalidOptionError,
   TargetUnreachableError,
@@ -87,6 +88,13 @@ export interface AgentStats {
   unknownServices: number;
   /** Times the control channel connected. */
   controlConnects: number;
+  /**
+   * The control channel now: `up`; `down` (connecting, or the relay unreachable
+   * or refusing); `standby` (the relay says another process is connected as
+   * this agent and answers: this one waits, and takes over once it is gone);
+   * `left` (draining: the session was given up).
+   */
+  control: 'up' | 'down' | 'standby' | 'left';
   /** Pool dials started (retries included). */
   dials: number;
   /** Pool dials started for demand (users waiting at the relay). */
@@ -132,6 +140,12 @@ const CONTROL_RETRY_MIN_MS = 200;
  * the relay nothing worth saving.
  */
 const CONTROL_RETRY_MAX_MS = 1_000;
+/**
+ * Pause before asking again while the relay says this agent is connected
+ * elsewhere (409), in ms, jittered ±25%: the other process may run for good
+ * (two agents with one token), so asking often would only fill both logs.
+ */
+const CONTROL_CONFLICT_RETRY_MS = 2_000;
 
 /**
  * The private half of a NodePass-style tunnel: a {@link ClientPool} of
@@ -174,6 +188,7 @@ export class Agent extends ErrorCountingEmitter {
   #retryTimer: NodeJS.Timeout | undefined;
   #pingTimer: NodeJS.Timeout | undefined;
   #retryDelayMs = CONTROL_RETRY_MIN_MS;
+  #controlState: AgentStats['control'] = 'down';
   #closed = false;
 
   constructor(options: AgentOptions) {
@@ -190,7 +205,7 @@ export class Agent extends ErrorCountingEmitter {
     this.pool.on('error', this.forwardError);
     this.#unpublishMetrics = options.metrics && publishAgentMetrics(options.metrics, () => this.stats());
     this.#keepAliveMs = options.keepAlive ?? 30_000;
-    const relay = resolveRelayTarget(options.server, options.tls);
+    const relay = resolveRelayTarget(options.server, options.tls, options.identity);
     this.#controlUrl = new URL(CONTROL_PATH, relay.url).href;
     const headers: Record<string, string> = {
       [AGENT_ID_HEADER]: this.agentId,
@@ -222,6 +237,7 @@ export class Agent extends ErrorCountingEmitter {
     const { dials, demandDials, rounds, topUps } = this.pool.stats();
     return {
       ...this.#stats,
+      control: this.#controlState,
       datagramsDropped: { ...this.#datagramsDropped },
       dials,
       demandDials,
@@ -240,11 +256,17 @@ export class Agent extends ErrorCountingEmitter {
   }
 
   /**
-   * Stops taking new tunnels (the pool stops dialling; orders from the relay
-   * fail) and gives open tunnels up to `timeoutMs` to finish, then cuts them.
-   * Call `close()` afterwards.
+   * Stops taking new tunnels: gives the relay its session up (`leave`, so that
+   * a successor with the same credentials is served at once; the control
+   * channel is not reconnected), stops the pool's dials, and gives open
+   * tunnels up to `timeoutMs` to finish, then cuts them. Call `close()` afterwards.
    */
   drain(timeoutMs: number): Promise<DrainResult> {
+    this.#controlState = 'left';
+    clearTimeout(this.#retryTimer);
+    const control = this.#control;
+    if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: 'leave' }));
+    else control?.terminate();
     return this.pool.Drain(timeoutMs);
   }
 
@@ -269,6 +291,7 @@ export class Agent extends ErrorCountingEmitter {
     };
     let opened = false;
     let refused = false;
+    let conflict = false;
     ws.on('error', (error: Error) => {
       // After a refusal, ws only adds that the handshake was cut: the refusal said it all.
       if (!refused) this.#controlFailed(error);
@@ -276,7 +299,10 @@ export class Agent extends ErrorCountingEmitter {
     ws.on('unexpected-response', (_request: ClientRequest, response: IncomingMessage) => {
       response.resume();
       refused = true;
-      this.#controlFailed(upgradeRejection(response.statusCode ?? 0));
+      const rejection = upgradeRejection(response.statusCode ?? 0);
+      conflict = rejection instanceof AgentConnectedError;
+      if (conflict && this.#controlState !== 'left') this.#controlState = 'standby';
+      this.#controlFailed(rejection);
       ws.terminate();
     });
     ws.on('open', () => {
@@ -285,6 +311,7 @@ export class Agent extends ErrorCountingEmitter {
       this.#lastControlFailure = undefined;
       this.#stats.controlConnects++;
       this.#retryDelayMs = CONTROL_RETRY_MIN_MS;
+      if (this.#controlState !== 'left') this.#controlState = 'up';
       this.logger.info({ relay: this.#controlUrl }, 'control channel connected');
       this.emit('control', true);
       if (this.#keepAliveMs > 0) {
@@ -325,9 +352,12 @@ export class Agent extends ErrorCountingEmitter {
       clearInterval(this.#pingTimer);
       if (this.#control === ws) this.#control = undefined;
       if (opened) this.emit('control', false);
-      if (this.#closed) return;
+      if (this.#closed || this.#controlState === 'left') return;
+      if (!conflict) this.#controlState = 'down';
       // Full jitter: a fleet of agents that lost one relay does not return in lockstep.
-      const delay = Math.round(this.#retryDelayMs * (0.5 + Math.random() / 2));
+      const delay = conflict
+        ? Math.round(CONTROL_CONFLICT_RETRY_MS * (0.75 + Math.random() / 2))
+        : Math.round(this.#retryDelayMs * (0.5 + Math.random() / 2));
       this.#retryDelayMs = Math.min(CONTROL_RETRY_MAX_MS, this.#retryDelayMs * 2);
       this.#retryTimer = setTimeout(() => this.#connectControl(), delay);
     });
@@ -344,6 +374,7 @@ export class Agent extends ErrorCountingEmitter {
     this.#lastControlFailure = code;
     this.forwardError(error);
     if (repeated) this.logger.debug({ err: error, relay: this.#controlUrl }, 'control channel still failing');
+    else if (error instanceof AgentConnectedError) this.logger.warn({ err: error, relay: this.#controlUrl }, `standby: ${error.message}; asking again every few seconds`);
     else this.logger.error({ err: error, relay: this.#controlUrl }, `control channel failed: ${error.message}${certificateHint(code)}; retrying every second at most`);
   }
 

@@ -3,6 +3,8 @@ import { isIP } from 'node:net';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { CertificatePinError } from '@pool/shared/internal';
 
+export { parseFingerprint } from '@pool/shared/internal';
+
 /** How ws opens a TLS connection for a request; ours, to wrap it. */
 export type TlsConnect = (request: ClientRequestArgs) => TLSSocket;
 
@@ -14,16 +16,6 @@ export function tlsOptionsOf(request: ClientRequestArgs): ConnectionOptions {
 }
 
 const connectTls: TlsConnect = (request) => connect(tlsOptionsOf(request));
-
-/**
- * A SHA-256 fingerprint as the relay prints it (`AB:CD:…`, 32 bytes) or as
- * 64 hex digits, in either case; undefined if it is neither.
- */
-export function parseFingerprint(text: string): string | undefined {
-  const hex = text.trim().replace(/^sha256[:=]/i, '').replace(/:/g, '');
-  if (!/^[0-9a-f]{64}$/i.test(hex)) return undefined;
-  return hex.toUpperCase().match(/../g)!.join(':');
-}
 
 /**
  * Wraps a TLS connect so that the connection is destroyed, before anything is

@@ -35,7 +35,7 @@ import {
   type IdleSocket,
 } from '@pool/shared/internal';
 import { nextBurst, nextCapacity, nextInterval, outageInterval } from './adapt.js';
-import { resolveRelayTarget, type TlsMode } from './server-address.js';
+import { resolveRelayTarget, type AgentIdentityOptions, type TlsMode } from './server-address.js';
 import { TlsSessionCache } from './tls-session-cache.js';
 import { pinCertificate, type TlsConnect } from './certificate-pin.js';
 
@@ -68,6 +68,8 @@ export interface ClientPoolOptions {
   tls?: TlsMode;
   /** Shared secret sent in the `x-pool-token` upgrade header. Default: none. */
   token?: string;
+  /** This agent's key, presented in every TLS handshake (mutual TLS); see {@link AgentIdentityOptions}. Needs TLS. Default: none. */
+  identity?: AgentIdentityOptions;
   /**
    * Extra headers sent on every upgrade (an Agent sends its relay session
    * here). Reconfigurable: the next dial sends the new ones. Default: none.
@@ -216,7 +218,7 @@ export class ClientPool extends ErrorCountingEmitter {
 
   constructor(options: ClientPoolOptions) {
     super(options.logger);
-    const target = resolveRelayTarget(options.server, options.tls);
+    const target = resolveRelayTarget(options.server, options.tls, options.identity);
     this.#url = target.url;
     this.#trackedAddress = new URL(target.url).host;
     // One secure context for every dial: without it tls.connect builds a new one

@@ -23,6 +23,16 @@ export interface RelayTlsOptions extends ConnectionOptions {
  */
 export type TlsMode = 'verified' | 'insecure' | 'off' | '0' | '1' | '2' | RelayTlsOptions;
 
+/**
+ * This agent's key: a certificate and its private key (PEM), presented to the
+ * relay in every TLS handshake (mutual TLS). A relay that pins its SHA-256
+ * fingerprint gives a connection without it nothing, token or not.
+ */
+export interface AgentIdentityOptions {
+  cert: string | Buffer;
+  key: string | Buffer;
+}
+
 export interface RelayTarget {
   /** Always path `/` (a Go npws server upgrades any path; ours only `/`). */
   url: string;
@@ -45,9 +55,10 @@ const MODE_ALIASES: Record<string, 'verified' | 'insecure' | 'off'> = {
  * Resolves the `server` and `tls` options to a URL and TLS options.
  * `server` is `host:port` (`[v6]:port` for IPv6) or a `ws://`/`wss://` URL.
  * A `ws://` URL means no TLS; a `tls` mode that says otherwise is an error,
- * as is `tls: 'off'` with a `wss://` URL.
+ * as is `tls: 'off'` with a `wss://` URL. An `identity` is presented in
+ * every handshake, whatever the mode; it needs TLS.
  */
-export function resolveRelayTarget(server: string, tls: TlsMode | undefined): RelayTarget {
+export function resolveRelayTarget(server: string, tls: TlsMode | undefined, identity?: AgentIdentityOptions): RelayTarget {
   const mode = typeof tls === 'object' ? 'options' : tls === undefined ? undefined : MODE_ALIASES[tls];
   if (mode === undefined && tls !== undefined) {
     throw new InvalidOptionError('tls', tls, "'verified', 'insecure', 'off', '0', '1', '2' or tls.ConnectionOptions");
@@ -70,8 +81,10 @@ export function resolveRelayTarget(server: string, tls: TlsMode | undefined): Re
     throw new InvalidOptionError('tls', tls, `a TLS mode for a wss:// server (use ws:// for plain)`);
   }
   const url = `${secure ? 'wss' : 'ws'}://${parsed.host}/`;
+  if (!secure && identity !== undefined) throw new InvalidOptionError('identity', '<key>', 'a TLS relay: a key is proven in the TLS handshake, and ws:// has none');
   if (!secure) return { url, tls: undefined, fingerprint: undefined };
-  const { fingerprint: pin, ...base }: RelayTlsOptions = typeof tls === 'object' ? tls : {};
+  const { fingerprint: pin, ...base }: RelayTlsOptions = typeof tls === 'object' ? { ...tls } : {};
+  if (identity !== undefined) Object.assign(base, { cert: identity.cert, key: identity.key });
   if (mode === 'insecure') base.rejectUnauthorized = false;
   let fingerprint: string | undefined;
   if (pin !== undefined) {

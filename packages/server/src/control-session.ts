@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
 import {
@@ -29,8 +30,12 @@ export class ControlSession {
   readonly #claimWaits = new Map<string, PendingGet<void>>();
   readonly #ended = new AbortController();
 
+  /** The probe in flight, if any: every newcomer that arrives meanwhile waits for the same answer. */
+  #probe: Promise<boolean> | undefined;
+  #onLeave: () => void = () => {};
+
   /**
-   * @param onMisbehaved called when the agent sends anything but a well-formed `claimed`; the channel is then closed with 1003.
+   * @param onMisbehaved called when the agent sends anything but a well-formed `claimed` or `leave`; the channel is then closed with 1003.
    */
   constructor(ws: WebSocket, agentId: string, features: ReadonlySet<ControlFeature>, services: readonly string[], onMisbehaved: (error: Error) => void) {
     this.ws = ws;
@@ -56,9 +61,53 @@ export class ControlSession {
         this.#claimWaits.get(message.id)?.resolve();
         return;
       }
-      ws.close(1003, 'the relay expects only claimed messages');
+      if (message?.type === 'leave' && this.features.has('leave')) {
+        this.#onLeave();
+        return;
+      }
+      ws.close(1003, 'the relay expects only claimed and leave messages');
     });
     ws.once('close', () => this.#ended.abort());
+  }
+
+  /** Called once the agent says it is leaving (it drains); set by whoever adopts the session. */
+  set onLeave(callback: () => void) {
+    this.#onLeave = callback;
+  }
+
+  /**
+   * Whether the agent at the other end is alive now: it answers a ping of
+   * ours (with a payload of its own, so an old pong does not count) within
+   * `timeoutMs`. False when it does not, or when the channel closes first.
+   * A second control channel with this agent's credentials is refused while
+   * this says true, so a copied token cannot displace a live agent.
+   */
+  probe(timeoutMs: number): Promise<boolean> {
+    this.#probe ??= new Promise<boolean>((resolve) => {
+      const { ws } = this;
+      if (ws.readyState !== ws.OPEN) {
+        resolve(false);
+        return;
+      }
+      const payload = randomBytes(8);
+      const done = (alive: boolean): void => {
+        clearTimeout(timer);
+        ws.removeListener('pong', onPong);
+        ws.removeListener('close', onClose);
+        resolve(alive);
+      };
+      const onPong = (data: Buffer): void => {
+        if (payload.equals(data)) done(true);
+      };
+      const onClose = (): void => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      ws.on('pong', onPong);
+      ws.once('close', onClose);
+      ws.ping(payload);
+    }).finally(() => {
+      this.#probe = undefined;
+    });
+    return this.#probe;
   }
 
   send(message: ControlMessage): void {

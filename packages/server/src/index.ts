@@ -4,5 +4,5 @@ export { Relay, type RelayOptions, type RelayReload, type RelayStats } from './r
 export { parseRelayConfig, ConfigError, type RelayConfig, type AgentConfig, type ServiceConfig } from './relay-config.js';
 export type { ServiceStats } from './public-service.js';
 export type { UdpOptions, UdpStats, UdpDropReason } from './udp-service.js';
-export { generateDevCertificate, keptCertificate, LOOPBACK_NAMES, type DevCertificate } from './dev-cert.js';
+export { generateDevCertificate, keptCertificate, LOOPBACK_NAMES, type DevCertificate } from '@pool/shared/internal';
 export * from '@pool/shared';

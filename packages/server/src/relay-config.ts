@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { parse } from 'yaml';
-import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES } from '@pool/shared/internal';
+import { dirname, resolve } from 'node:path';
+import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES, parseFingerprint } from '@pool/shared/internal';
 import { parseAllowlist } from './allowlist.js';
 import type { UdpOptions } from './udp-service.js';
 
@@ -10,6 +11,13 @@ export interface AgentConfig {
   token: string;
   /** IPs and CIDR ranges the agent may connect from. Default: anywhere the relay's `allow` admits. */
   allow?: readonly string[];
+  /**
+   * SHA-256 fingerprint of the certificate the agent presents (pool-agent
+   * prints it; `AB:CD:…` or 64 hex digits). With it, a connection without
+   * that key gets nothing, even with the token. A list while a key is
+   * rotated: either key is the agent. Default: none.
+   */
+  fingerprint?: string | readonly string[];
 }
 
 /** One public port, tunnelled to one agent's service of the same name. */
@@ -33,7 +41,7 @@ export interface ServiceConfig {
 export interface RelayConfig {
   /** The agents' port, `host:port`. */
   listen?: { host: string | undefined; port: number };
-  /** PEM files of the relay's certificate and key. */
+  /** PEM files of the relay's certificate and key; a relative path is relative to the file's folder. */
   tls?: { cert: string; key: string };
   agents: Readonly<Record<string, AgentConfig>>;
   services: readonly ServiceConfig[];
@@ -97,7 +105,9 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
     const tls = record(root.tls, file, 'tls');
     allowedKeys(tls, ['cert', 'key'], file, 'tls');
     if (typeof tls.cert !== 'string' || typeof tls.key !== 'string') throw new ConfigError(file, 'tls', 'expected cert and key, paths of PEM files');
-    config.tls = { cert: substitute(tls.cert, file, 'tls.cert', env), key: substitute(tls.key, file, 'tls.key', env) };
+    // Relative to the file, not to wherever the relay was started from (a systemd unit, say).
+    const path = (name: 'cert' | 'key'): string => resolve(dirname(file), substitute(tls[name] as string, file, `tls.${name}`, env));
+    config.tls = { cert: path('cert'), key: path('key') };
   }
   const agents = record(root.agents ?? {}, file, 'agents');
   if (Object.keys(agents).length === 0) throw new ConfigError(file, 'agents', 'at least one agent is needed');
@@ -106,7 +116,7 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
     const key = `agents.${name}`;
     if (!NAME_PATTERN.test(name)) throw new ConfigError(file, key, 'an agent name is letters, digits, . _ - (up to 63)');
     const agent = record(value, file, key);
-    allowedKeys(agent, ['token', 'allow'], file, key);
+    allowedKeys(agent, ['token', 'allow', 'fingerprint'], file, key);
     if (typeof agent.token !== 'string') throw new ConfigError(file, `${key}.token`, 'expected a secret (a string; ${VAR} for an environment variable)');
     const token = substitute(agent.token, file, `${key}.token`, env);
     if (token.length < 16) throw new ConfigError(file, `${key}.token`, 'a token is at least 16 characters');
@@ -124,6 +134,14 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
       }
       if (allow.length === 0) throw new ConfigError(file, `${key}.allow`, 'an empty allowlist admits nobody; leave it out to admit everyone the relay does');
       entry.allow = allow;
+    }
+    if (agent.fingerprint !== undefined) {
+      const pins = typeof agent.fingerprint === 'string' ? [agent.fingerprint] : agent.fingerprint;
+      const fingerprints = Array.isArray(pins) && pins.length > 0 ? pins.map((pin: unknown) => (typeof pin === 'string' ? parseFingerprint(substitute(pin, file, `${key}.fingerprint`, env)) : undefined)) : [undefined];
+      if (fingerprints.includes(undefined)) {
+        throw new ConfigError(file, `${key}.fingerprint`, 'expected the SHA-256 fingerprint pool-agent printed (AB:CD:… or 64 hex digits), or a list of them while a key is rotated');
+      }
+      entry.fingerprint = fingerprints.length === 1 ? fingerprints[0] : (fingerprints as string[]);
     }
     config.agents[name] = entry;
   }

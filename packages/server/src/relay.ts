@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import {
+  InvalidOptionError,
   PoolClosedError,
   type DrainResult,
   type Endpoint,
@@ -26,7 +27,7 @@ import {
   parseControlFeatures,
 } from '@pool/shared/internal';
 import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
-import { AgentSessions, type AgentState } from './agent-sessions.js';
+import { AgentSessions, type AgentIdentity, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
 import { PublicService, type ServiceStats } from './public-service.js';
 import { UdpService, type UdpOptions } from './udp-service.js';
@@ -38,6 +39,13 @@ import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOp
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** The agent of a relay configured without `agents`: whoever the allowlist and `token` admit. */
 const DEFAULT_AGENT = 'default';
+/**
+ * How long an agent's control channel has to answer a ping when another
+ * process presents its credentials, in ms: alive, it stays and the newcomer
+ * is refused (409); silent, the newcomer takes over. A live agent answers
+ * within a round trip; a stalled one is not worth keeping users waiting for.
+ */
+export const LIVENESS_PROBE_MS = 1_000;
 
 /** Options for {@link Relay}. */
 export interface RelayOptions
@@ -60,6 +68,13 @@ export interface RelayOptions
    * channel, pool or users. Default: one unnamed agent admitted by `allow` and `token`.
    */
   agents?: Readonly<Record<string, AgentConfig>>;
+  /**
+   * Without `agents`: the SHA-256 fingerprint (`AB:CD:…` or 64 hex digits) of
+   * the certificate the one agent presents (mutual TLS). With it, a
+   * connection that does not present that key gets nothing, token or not.
+   * Needs `tls`. Default: none (the token and allowlist decide).
+   */
+  agentFingerprint?: string;
   /** Public ports and the agent service behind each. Default: `publicHost:publicPort` to service `default`. */
   services?: readonly ServiceConfig[];
   /**
@@ -95,10 +110,12 @@ export interface RelayStats {
   departed: number;
   /** Orders the agent did not claim in time (or whose connection closed first), retried with another connection. */
   claimRetries: number;
-  /** Control channels replaced by a new one of the same agent (a restart, or someone else holding its token). */
+  /** Control channels taken over by a new one of the same agent because the old one no longer answered (a restart). */
   controlReplaced: number;
-  /** Control upgrades refused (a wrong token, not an agent, too old). */
+  /** Control upgrades refused (a wrong token or key, not an agent, too old, the agent already connected and alive). */
   controlRefused: number;
+  /** Of those, refused because the agent was connected and answered (another process with its credentials). */
+  controlConflicts: number;
   /** Users waiting for a pooled connection right now. */
   waiting: number;
   /** Tunnels that ended in an error (reset, target unreachable, …). */
@@ -126,13 +143,17 @@ type Order = Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>;
  * connection of the agent serving that service, tells that agent its ID, and
  * is spliced to it once the agent has claimed it.
  *
- * An agent is known by its token. On its control channel the relay gives it a
- * session secret, which its pooled connections present: a connection is
- * bound to the live session of the agent that dialled it, and a token holder
- * who is not that agent can neither slip connections in front of users nor
- * touch another agent. A second control channel of the same agent replaces the
- * first (logged at `warn`, counted); when the agent instance changes, its idle
- * pooled connections are flushed, because only the agent that dialled them can claim them.
+ * An agent is known by its token, and optionally by its key (a client
+ * certificate whose fingerprint is pinned). On its control channel the relay
+ * gives it a session secret, which its pooled connections present: a
+ * connection is bound to the live session of the agent that dialled it, and a
+ * token holder who is not that agent can neither slip connections in front of
+ * users nor touch another agent. A second control channel with the agent's
+ * credentials is refused (409, `ERR_AGENT_CONNECTED` at the agent) while the
+ * first one answers a ping within {@link LIVENESS_PROBE_MS}; it takes over when
+ * the first does not (counted in `controlReplaced`), or at once when the first
+ * agent has left (it drains). When the agent instance changes, its idle pooled
+ * connections are flushed, because only the agent that dialled them can claim them.
  *
  * With `metrics`, the relay publishes per agent and per service beside the
  * pool's series (`pool_relay_*`, labels `agent` and `service`).
@@ -144,6 +165,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly pool: ServerPool;
   readonly #server: Server;
   readonly #headersDeadline: HeadersDeadline;
+  readonly #tls: boolean;
   readonly #serviceByName = new Map<string, PublicService | UdpService>();
   readonly #controlWss: WebSocketServer;
   readonly #agents: AgentSessions;
@@ -153,7 +175,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly #listen: { host: string | undefined; port: number };
   readonly #userSockets = new Set<Socket>();
   readonly #claimTimeoutMs: number;
-  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, controlRefused: 0, failed: 0 };
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
   /** Control refusals already logged at `warn`, by peer and reason. */
   readonly #controlRefusalsLogged = new Set<string>();
   /** Agents a demand message is due to at the end of this turn of the event loop: a burst of users makes one each. */
@@ -179,13 +201,21 @@ export class Relay extends ErrorCountingEmitter {
         ...(options.publicProtocol === 'udp' && { protocol: 'udp' as const, udp: options.udp }),
       },
     ];
+    this.#tls = options.tls !== undefined;
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
     const serverOptions = httpTimeouts(headersTimeout);
+    // Agents may present a certificate (their key, where one is pinned); nobody has to,
+    // so npws clients and agents without a key connect as before.
     this.#server = options.tls
-      ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
+      ? createHttpsServer({ requestCert: true, rejectUnauthorized: false, ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
-    this.#agents = new AgentSessions(agentAllowlists(options.agents), options.agents !== undefined);
+    if (options.agents !== undefined && options.agentFingerprint !== undefined) throw new InvalidOptionError('agentFingerprint', options.agentFingerprint, 'none with agents: each agent has its own fingerprint');
+    const identities = agentIdentities(options.agents, options.agentFingerprint);
+    if (!options.tls && [...identities.values()].some((identity) => identity.fingerprint !== undefined)) {
+      throw new InvalidOptionError('agentFingerprint', '<fingerprint>', 'tls: an agent proves its key in the TLS handshake');
+    }
+    this.#agents = new AgentSessions(identities, options.agents !== undefined);
     this.pool = new ServerPool({ ...options, tokens: agentTokens(options.agents), server: this.#server, bind: this.#agents.bind });
     this.pool.on('error', this.forwardError);
     this.pool.on('waiting', (_waiting: number, agent: string | undefined) => this.#scheduleDemand(agent));
@@ -273,10 +303,18 @@ export class Relay extends ErrorCountingEmitter {
    * listen error of a new service (the others are applied).
    */
   async reload(next: RelayReload): Promise<void> {
+    const identities = agentIdentities(next.agents, undefined);
+    if (!this.#tls && [...identities.values()].some((identity) => identity.fingerprint !== undefined)) {
+      throw new InvalidOptionError('agents.fingerprint', '<fingerprint>', 'tls: an agent proves its key in the TLS handshake');
+    }
+    // Checked before anything changes: a malformed pin leaves the running configuration whole.
+    AgentSessions.check(identities);
     this.pool.reconfigure({ tokens: agentTokens(next.agents) ?? {} });
-    for (const gone of this.#agents.update(agentAllowlists(next.agents), next.agents !== undefined)) {
-      gone.control?.ws.close(1008, 'this agent is no longer configured');
-      void this.pool.Flush(gone.name);
+    for (const ended of this.#agents.update(identities, next.agents !== undefined)) {
+      const control = ended.control;
+      ended.control = undefined;
+      control?.ws.close(1008, next.agents?.[ended.name] ? 'the key this agent proved is no longer pinned' : 'this agent is no longer configured');
+      void this.pool.Flush(ended.name);
     }
     const wanted = new Map((next.services ?? []).map((service) => [service.name, service]));
     for (const [name, service] of this.#serviceByName) {
@@ -338,6 +376,7 @@ export class Relay extends ErrorCountingEmitter {
     if ('refused' in decision) return refuse(decision.refused, decision.refused === 401 ? 'wrong or missing token' : 'not in the allowlist');
     const agent = this.#agents.agentOf(request, decision.client);
     if (agent === undefined) return refuse(403, 'not an agent of this relay, or not from where it may connect');
+    if (!this.#agents.presentsKey(agent, request)) return refuse(403, `agent ${agent.name} has a pinned key, and this connection did not present it`);
     const name = request.headers[AGENT_NAME_HEADER];
     if (typeof name === 'string' && name !== agent.name) return refuse(401, `this token is not the token of agent ${name}`);
     // An agent names its instance with a UUID; a request without one is not an agent,
@@ -347,10 +386,32 @@ export class Relay extends ErrorCountingEmitter {
     const features = parseControlFeatures(request.headers[CONTROL_FEATURES_HEADER]);
     if (!features.has('session')) return refuse(400, 'this agent is too old: it does not take a session');
     const services = String(request.headers[SERVICES_HEADER] ?? DEFAULT_SERVICE).split(',').map((service) => service.trim()).filter(Boolean);
-    this.#controlWss.handleUpgrade(request, socket, head, (ws) =>
-      this.#adoptControl(agent, new ControlSession(ws, instanceId, features, services, this.reportError)),
-    );
+    const adopt = (): void =>
+      this.#controlWss.handleUpgrade(request, socket, head, (ws) =>
+        this.#adoptControl(agent, new ControlSession(ws, instanceId, features, services, this.reportError), request),
+      );
+    if (agent.control === undefined) adopt();
+    else void this.#adoptUnlessAlive(agent, request, socket, adopt);
   };
+
+  /**
+   * A control upgrade for an agent that already has a channel: the newcomer
+   * is refused (409) while that channel answers a ping, and adopted once it
+   * does not. Every newcomer of the meantime waits for the same probe.
+   */
+  async #adoptUnlessAlive(agent: AgentState, request: IncomingMessage, socket: Duplex, adopt: () => void): Promise<void> {
+    for (let current = agent.control; current !== undefined; current = agent.control) {
+      const alive = await current.probe(LIVENESS_PROBE_MS);
+      if (alive && agent.control === current) {
+        this.#stats.controlConflicts++;
+        return this.#refuseControl(request, socket, 409, `agent ${agent.name} is connected and answers: another process holds its credentials, and waits`);
+      }
+      // Silent: it is replaced. Replaced meanwhile: the one now in place is asked in turn.
+      if (!alive && agent.control === current) break;
+    }
+    if (socket.destroyed || this.#closing) return void socket.destroy();
+    adopt();
+  }
 
   /**
    * Refuses a control upgrade, counted, and logged at `warn` the first time
@@ -370,10 +431,11 @@ export class Relay extends ErrorCountingEmitter {
     refuseUpgrade(socket, status, reason);
   }
 
-  #adoptControl(agent: AgentState, control: ControlSession): void {
+  #adoptControl(agent: AgentState, control: ControlSession, request: IncomingMessage): void {
     const { ws, agentId: instanceId } = control;
     const previous = agent.control;
     agent.control = control;
+    agent.leftAt = undefined;
     ws.on('error', this.reportError);
     ws.once('close', () => {
       if (agent.control !== control) return;
@@ -381,10 +443,21 @@ export class Relay extends ErrorCountingEmitter {
       this.logger.info({ agent: agent.name, instanceId }, 'agent disconnected');
       this.emit('agent', false, agent.name);
     });
-    const session = this.#agents.sessionFor(agent, instanceId);
+    control.onLeave = () => {
+      if (agent.control !== control) return;
+      // Its successor (a restart beside a draining process) is adopted at once, without a probe.
+      agent.control = undefined;
+      agent.session = undefined;
+      agent.leftAt = performance.now();
+      void this.pool.Flush(agent.name);
+      this.logger.info({ agent: agent.name, instanceId }, 'agent left: it drains, and its successor may connect');
+      this.emit('agent', false, agent.name);
+      ws.close(1000, 'left');
+    };
+    const session = this.#agents.sessionFor(agent, instanceId, request);
     if (previous) {
       this.#stats.controlReplaced++;
-      this.logger.warn({ agent: agent.name, instanceId, previousInstanceId: previous.agentId }, 'a new control channel of this agent replaces the old one');
+      this.logger.warn({ agent: agent.name, instanceId, previousInstanceId: previous.agentId }, 'the control channel of this agent did not answer a ping: a new one takes over');
       previous.ws.terminate();
     }
     // Only the agent instance that dialled them can claim them.
@@ -463,7 +536,7 @@ export class Relay extends ErrorCountingEmitter {
 
   async #tunnel(user: Socket, service: PublicService): Promise<void> {
     const agent = this.#agents.get(service.config.agent);
-    if (agent?.control === undefined || !agent.services.has(service.config.name)) {
+    if (agent === undefined || !this.#awaited(agent) || !agent.services.has(service.config.name)) {
       this.#stats.noAgent++;
       user.destroy();
       return;
@@ -539,7 +612,7 @@ export class Relay extends ErrorCountingEmitter {
    */
   readonly #openFlow = async (service: UdpService, source: Endpoint, maxDatagram: number, flowEnded: AbortSignal): Promise<PoolConn | undefined> => {
     const agent = this.#agents.get(service.config.agent);
-    if (agent?.control === undefined || !agent.services.has(service.config.name)) {
+    if (agent === undefined || !this.#awaited(agent) || !agent.services.has(service.config.name)) {
       this.#stats.noAgent++;
       return undefined;
     }
@@ -550,6 +623,15 @@ export class Relay extends ErrorCountingEmitter {
     }
     return outcome.conn;
   };
+
+  /**
+   * Whether a new user of `agent` may wait for it: it is connected, or it left
+   * (drained) less than `getTimeout` ago, so that the users of a restart wait
+   * for its successor instead of being refused.
+   */
+  #awaited(agent: AgentState): boolean {
+    return agent.control !== undefined || (agent.leftAt !== undefined && performance.now() - agent.leftAt < this.#getTimeoutMs);
+  }
 
   /** The agent's control channel; when it has none, waits for one up to `timeoutMs` (or until the user leaves). */
   #controlOf(agent: AgentState, timeoutMs: number, userLeft: AbortSignal): Promise<ControlSession | undefined> {
@@ -579,9 +661,10 @@ function agentTokens(agents: RelayOptions['agents']): Record<string, string> | u
   return agents && Object.fromEntries(Object.entries(agents).map(([name, agent]) => [name, agent.token]));
 }
 
-/** Agent name → its own allowlist (undefined: none of its own). */
-function agentAllowlists(agents: RelayOptions['agents']): Map<string, readonly string[] | undefined> {
-  return new Map(agents ? Object.entries(agents).map(([name, agent]) => [name, agent.allow]) : [[DEFAULT_AGENT, undefined]]);
+/** Agent name → what tells it apart beyond its token: its own allowlist, its pinned key. */
+function agentIdentities(agents: RelayOptions['agents'], defaultFingerprint: string | undefined): Map<string, AgentIdentity> {
+  if (agents === undefined) return new Map([[DEFAULT_AGENT, defaultFingerprint === undefined ? {} : { fingerprint: defaultFingerprint }]]);
+  return new Map(Object.entries(agents).map(([name, agent]) => [name, { allow: agent.allow, fingerprint: agent.fingerprint }]));
 }
 
 function sameService(a: ServiceConfig, b: ServiceConfig): boolean {

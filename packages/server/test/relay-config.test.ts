@@ -16,10 +16,12 @@ services:
   - { name: db,  agent: east, public: 127.0.0.1:15432 }
   - { name: ssh, agent: west, public: "[::1]:10022", proxyProtocol: v2 }
 `,
-      'relay.yaml',
+      '/etc/pool/relay.yaml',
       { EAST_TOKEN: EAST },
     );
     expect(config.listen).toEqual({ host: '0.0.0.0', port: 10101 });
+    // Wherever the relay is started from: paths are the file's.
+    expect(config.tls).toEqual({ cert: '/etc/pool/relay.crt', key: '/etc/pool/relay.key' });
     expect(config.agents.east).toEqual({ token: EAST, allow: ['198.51.100.0/24'] });
     expect(config.services).toEqual([
       { name: 'web', agent: 'east', publicHost: '0.0.0.0', publicPort: 18080 },
@@ -48,6 +50,18 @@ services:
     expect(config.services[1]).toEqual({ name: 'dns', agent: 'a', publicHost: undefined, publicPort: 53, protocol: 'udp', udp: { idleTimeout: 30_000, maxFlows: 100, maxDatagram: 1_232 } });
   });
 
+  it("pins an agent's key by its fingerprint, or two while the key is rotated", () => {
+    const pin = 'ab'.repeat(32);
+    const next = `sha256:${'CD:'.repeat(31)}CD`;
+    const config = parseRelayConfig(
+      JSON.stringify({ agents: { east: { token: EAST, fingerprint: pin }, west: { token: `w${EAST}`, fingerprint: [pin, next] } }, services: [{ name: 's', agent: 'east', public: ':9000' }] }),
+      'relay.json',
+      {},
+    );
+    expect(config.agents.east!.fingerprint).toBe(`${'AB:'.repeat(31)}AB`);
+    expect(config.agents.west!.fingerprint).toEqual([`${'AB:'.repeat(31)}AB`, `${'CD:'.repeat(31)}CD`]);
+  });
+
   const valid = { agents: { east: { token: EAST } }, services: [{ name: 'web', agent: 'east', public: ':8080' }] };
   it.each([
     ['not YAML', '{ agents: [', '(document)'],
@@ -68,6 +82,8 @@ services:
     ['flow settings on a TCP service', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', maxFlows: 9 }] }), 'services[0].maxFlows: only for a UDP service'],
     ['a datagram maximum over UDP', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', protocol: 'udp', maxDatagram: 70_000 }] }), 'services[0].maxDatagram: expected a whole number of bytes from 1 to 65507'],
     ['PROXY on UDP', JSON.stringify({ ...valid, services: [{ name: 'web', agent: 'east', public: ':1', protocol: 'udp', proxyProtocol: 'v2' }] }), 'services[0].proxyProtocol: the PROXY protocol is for TCP'],
+    ['a malformed fingerprint', JSON.stringify({ ...valid, agents: { east: { token: EAST, fingerprint: 'AB:CD' } } }), 'agents.east.fingerprint: expected the SHA-256 fingerprint'],
+    ['an empty list of fingerprints', JSON.stringify({ ...valid, agents: { east: { token: EAST, fingerprint: [] } } }), 'agents.east.fingerprint: expected'],
     ['a bad name', JSON.stringify({ ...valid, services: [{ name: 'a b', agent: 'east', public: ':1' }] }), 'services[0].name:'],
   ])('refuses %s, naming the file and the key', (_label, text, message) => {
     expect(() => parseRelayConfig(text, 'relay.yaml', {})).toThrow(expect.objectContaining({ code: 'ERR_CONFIG', message: expect.stringContaining(`relay.yaml: ${message}`) }));

@@ -20,3 +20,4 @@ export { ConnectionTracker, percentile, type OpenState, type ConnectionTrackerOp
 export { PoolMetrics, outcomeOf, type MetricsSource } from './observability/metrics.js';
 export { publishStats } from './observability/published-stats.js';
 export { scrapedCounter, scrapedGauge } from './observability/scraped.js';
+export { generateDevCertificate, keptCertificate, parseFingerprint, LOOPBACK_NAMES, type DevCertificate } from './tls/certificates.js';

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
-import { parseFingerprint } from '../certificate-pin.js';
+import { keptCertificate, parseFingerprint } from '@pool/shared/internal';
 
 const COMMAND = 'pool-agent';
 
@@ -47,6 +47,7 @@ async function main(): Promise<void> {
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
       'tls-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the relay's certificate, as pool-relay prints it: only that certificate is accepted" },
       token: { type: 'string', description: 'shared secret the relay expects' },
+      'key-dir': { type: 'string', description: "keep this agent's key and certificate here (agent.key, agent.crt; made on the first start) and present them to the relay, which pins the fingerprint printed at start" },
       'min-cap': { type: 'string', description: 'pool capacity floor', default: '4', range: [1, 1_000_000] },
       'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256', range: [1, 1_000_000] },
       'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100', range: MS_RANGE },
@@ -66,6 +67,15 @@ async function main(): Promise<void> {
   );
   if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
   const tls = tlsOf(flags['tls-ca'] as string | undefined, flags['tls-fingerprint'] as string | undefined, flags.tls as string | undefined);
+  const keyDir = flags['key-dir'] === undefined ? undefined : String(flags['key-dir']);
+  if (keyDir !== undefined && (tls === 'off' || tls === '0' || /^ws:\/\//i.test(String(flags.server)))) throw new Error('--key-dir needs TLS: the key is proven in the TLS handshake, and plain ws:// has none');
+  const identity = keyDir === undefined ? undefined : await keptCertificate(keyDir, [], 'agent');
+  if (identity) {
+    process.stdout.write(
+      `${COMMAND} key ${identity.created ? 'made and kept' : 'kept'} in ${identity.certFile}: the relay pins it with fingerprint ${identity.fingerprint} ` +
+        `(agents.${flags.name === undefined ? 'NAME' : String(flags.name)}.fingerprint in its config, or --agent-fingerprint)\n`,
+    );
+  }
   const operations = new CliOperations(flags);
   const agent = new Agent({
     server: String(flags.server),
@@ -74,6 +84,7 @@ async function main(): Promise<void> {
     name: flags.name === undefined ? undefined : String(flags.name),
     tls,
     token: flags.token === undefined ? undefined : String(flags.token),
+    ...(identity && { identity: { cert: identity.cert, key: identity.key } }),
     minCap: numberFlag(flags, 'min-cap'),
     maxCap: numberFlag(flags, 'max-cap'),
     minInterval: numberFlag(flags, 'min-interval'),
@@ -92,7 +103,7 @@ async function main(): Promise<void> {
     () => operations.shutDown(agent),
     () => {
       const s = agent.stats();
-      return `idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
+      return `control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );

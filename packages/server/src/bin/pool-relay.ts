@@ -1,11 +1,27 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
-import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate } from '../dev-cert.js';
+import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate, parseFingerprint } from '@pool/shared/internal';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
 
 const COMMAND = 'pool-relay';
+
+/** A PEM file holding `label` (CERTIFICATE, PRIVATE KEY), or an error naming where it was asked for, the file and what is wrong. */
+function readPem(file: string, where: string, label: 'CERTIFICATE' | 'PRIVATE KEY'): Buffer {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(file);
+  } catch (error) {
+    throw new Error(`${where} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem.toString('latin1'))) {
+    const other = label === 'CERTIFICATE' ? 'a private key (are cert and key swapped?)' : 'a certificate (are cert and key swapped?)';
+    const holds = /-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----/.test(pem.toString('latin1')) ? `it holds ${other}` : `not a PEM ${label.toLowerCase()}`;
+    throw new Error(`${where} ${file}: ${holds}`);
+  }
+  return pem;
+}
 
 async function main(): Promise<void> {
   const flags = parseCommandLine(
@@ -28,6 +44,7 @@ async function main(): Promise<void> {
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
+      'agent-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the agent's key, as pool-agent --key-dir prints it: a connection without that key gets nothing, token or not (with --config: agents.NAME.fingerprint)" },
       'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256', range: [1, 1_000_000] },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
       'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000', range: MS_RANGE },
@@ -48,11 +65,18 @@ async function main(): Promise<void> {
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
   if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
+  if (config && flags['agent-fingerprint'] !== undefined) throw new Error(`--agent-fingerprint: with --config, each agent has its own fingerprint in ${configFile}`);
+  const agentFingerprint = flags['agent-fingerprint'] === undefined ? undefined : parseFingerprint(String(flags['agent-fingerprint']));
+  if (flags['agent-fingerprint'] !== undefined && agentFingerprint === undefined) {
+    throw new Error(`--agent-fingerprint ${JSON.stringify(flags['agent-fingerprint'])}: expected the SHA-256 fingerprint pool-agent printed (32 bytes as AB:CD:…, or 64 hex digits)`);
+  }
+  if (agentFingerprint !== undefined && flags.plain) throw new Error('--agent-fingerprint needs TLS (not --plain): the agent proves its key in the TLS handshake');
   let tls: { cert: string | Buffer; key: string | Buffer; fingerprint?: string } | undefined;
   const certFiles = config?.tls ?? (flags['tls-cert'] || flags['tls-key'] ? { cert: flags['tls-cert'], key: flags['tls-key'] } : undefined);
   if (certFiles) {
     if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
-    tls = { cert: readFileSync(String(certFiles.cert)), key: readFileSync(String(certFiles.key)) };
+    const where = (name: 'cert' | 'key'): string => (config?.tls ? `${configFile}: tls.${name}` : `--tls-${name}`);
+    tls = { cert: readPem(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPem(String(certFiles.key), where('key'), 'PRIVATE KEY') };
   } else if (!flags.plain) {
     const names = String(flags['tls-name']).split(',').map((name) => name.trim()).filter(Boolean);
     if (names.length === 0) throw new Error('--tls-name: give at least one host name or IP');
@@ -91,6 +115,7 @@ async function main(): Promise<void> {
     tls: tls && { cert: tls.cert, key: tls.key },
     allow,
     token: flags.token === undefined ? undefined : String(flags.token),
+    agentFingerprint,
     maxCap: numberFlag(flags, 'max-cap'),
     keepAlive: numberFlag(flags, 'keep-alive'),
     getTimeout: numberFlag(flags, 'get-timeout'),
@@ -112,7 +137,7 @@ async function main(): Promise<void> {
       const s = relay.stats();
       const udp = Object.values(s.services).filter((service) => service.udp !== undefined);
       const flows = udp.length === 0 ? '' : ` flows=${udp.reduce((sum, service) => sum + service.open, 0)} udp-dropped=${udp.reduce((sum, service) => sum + Object.values(service.udp!.dropped).reduce((a, b) => a + b, 0), 0)}`;
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),
   );

@@ -126,6 +126,17 @@ export class ProtocolError extends PoolError {
   }
 }
 
+/**
+ * The relay refused a control channel (HTTP 409) because this agent's name
+ * already has a live one: another process holds the same credentials. The
+ * agent keeps retrying, seconds apart, and takes over once the other one is gone.
+ */
+export class AgentConnectedError extends PoolError {
+  constructor() {
+    super('ERR_AGENT_CONNECTED', 'another process is connected to the relay as this agent, and it answers: this one waits until it is gone');
+  }
+}
+
 /** The peer closed with a code other than 1000/1001, or the socket dropped (1006). */
 export class ConnectionClosedError extends PoolError {
   readonly closeCode: number;

@@ -43,11 +43,12 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
  * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,
  * so the relay can put a deadline on orders), `demand` (it dials for users
  * waiting at the relay), `session` (it presents the session secret on its
- * pooled upgrades) and `udp` (it carries `flow`s). A relay uses only what the
- * agent listed, so an older agent keeps working where it can.
+ * pooled upgrades), `udp` (it carries `flow`s) and `leave` (it gives its
+ * session up when it drains, so that its successor is served at once). A relay
+ * uses only what the agent listed, so an older agent keeps working where it can.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
-export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'udp'] as const;
+export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'udp', 'leave'] as const;
 export type ControlFeature = (typeof CONTROL_FEATURES)[number];
 
 /** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
@@ -123,7 +124,17 @@ export interface DemandMessage {
   waiting: number;
 }
 
-export type ControlMessage = ConnectMessage | FlowMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage;
+/**
+ * Agent → relay: this agent is draining and gives its session up. The relay
+ * sends it no more users and closes the channel; another process with the
+ * same credentials is then taken at once, without a liveness check.
+ */
+export interface LeaveMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'leave';
+}
+
+export type ControlMessage = ConnectMessage | FlowMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage | LeaveMessage;
 
 /** Largest `waiting` a demand message may carry. */
 export const MAX_DEMAND = 1_000_000;
@@ -174,6 +185,8 @@ export function decodeControl(text: string): ControlMessage {
     case 'claimed':
       if (!isValidId(message.id)) throw new ControlMessageError('claimed without a valid id');
       return { v: CONTROL_VERSION, type: 'claimed', id: message.id };
+    case 'leave':
+      return { v: CONTROL_VERSION, type: 'leave' };
     case 'session':
       if (typeof message.secret !== 'string' || !/^[A-Za-z0-9_-]{16,128}$/.test(message.secret)) throw new ControlMessageError('session without a valid secret');
       return { v: CONTROL_VERSION, type: 'session', secret: message.secret };

@@ -1,6 +1,7 @@
 import type { ClientRequest, IncomingMessage } from 'node:http';
 import WebSocket from 'ws';
 import {
+  AgentConnectedError,
   HandshakeBadLengthError,
   HandshakeClosedError,
   HandshakeTextFrameError,
@@ -38,6 +39,8 @@ export function upgradeRejection(statusCode: number): Error {
       return new PoolUnauthorizedError();
     case 403:
       return new PoolForbiddenError();
+    case 409:
+      return new AgentConnectedError();
     case 503:
       return new PoolFullError();
     default:

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
-import { InvalidOptionError } from '@pool/shared';
+import { InvalidOptionError } from '../core/errors.js';
 
 /** The names a generated certificate carries by default: this host, by loopback. */
 export const LOOPBACK_NAMES: readonly string[] = ['localhost', '127.0.0.1', '::1'];
@@ -23,29 +23,26 @@ export interface DevCertificate {
 export async function generateDevCertificate(names: readonly string[] = LOOPBACK_NAMES): Promise<DevCertificate> {
   const hosts = names.filter((name) => isIP(name) === 0);
   const ips = names.filter((name) => isIP(name) !== 0);
+  const altNames = [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))];
   const pems = await generate([{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }], {
     keyType: 'ec',
     algorithm: 'sha256',
-    extensions: [
-      {
-        name: 'subjectAltName',
-        altNames: [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))],
-      },
-    ],
+    extensions: altNames.length === 0 ? [] : [{ name: 'subjectAltName', altNames }],
   });
   // selfsigned's own `fingerprint` is the SHA-1 one.
   return { cert: pems.cert, key: pems.private, fingerprint: new X509Certificate(pems.cert).fingerprint256 };
 }
 
 /**
- * The certificate kept in `dir` (`relay.crt`, `relay.key`), or a new one for
- * `names` written there (the key readable by its owner only), so that agents
- * can pin it across restarts. A kept certificate that does not name all of
- * `names` is an error: delete it to make a new one.
+ * The certificate kept in `dir` (`<base>.crt`, `<base>.key`), or a new one
+ * for `names` written there (the key readable by its owner only), so that
+ * its fingerprint can be pinned across restarts: the relay's (`relay`) by
+ * agents, an agent's (`agent`) by the relay. A kept certificate that does not
+ * name all of `names` is an error: delete it to make a new one.
  */
-export async function keptCertificate(dir: string, names: readonly string[]): Promise<DevCertificate & { certFile: string; created: boolean }> {
-  const certFile = join(dir, 'relay.crt');
-  const keyFile = join(dir, 'relay.key');
+export async function keptCertificate(dir: string, names: readonly string[], base = 'relay'): Promise<DevCertificate & { certFile: string; created: boolean }> {
+  const certFile = join(dir, `${base}.crt`);
+  const keyFile = join(dir, `${base}.key`);
   if (existsSync(certFile) && existsSync(keyFile)) {
     const cert = readFileSync(certFile, 'utf8');
     const x509 = new X509Certificate(cert);
@@ -60,4 +57,15 @@ export async function keptCertificate(dir: string, names: readonly string[]): Pr
   writeFileSync(keyFile, made.key, { mode: 0o600 });
   writeFileSync(certFile, made.cert, { mode: 0o644 });
   return { ...made, certFile, created: true };
+}
+
+/**
+ * A SHA-256 fingerprint as pool-relay and pool-agent print it (`AB:CD:…`,
+ * 32 bytes) or as 64 hex digits, in either case, optionally after `sha256:`;
+ * in the `AB:CD:…` form Node's `fingerprint256` has, or undefined if it is neither.
+ */
+export function parseFingerprint(text: string): string | undefined {
+  const hex = text.trim().replace(/^sha256[:=]/i, '').replace(/:/g, '');
+  if (!/^[0-9a-f]{64}$/i.test(hex)) return undefined;
+  return hex.toUpperCase().match(/../g)!.join(':');
 }
