@@ -160,6 +160,8 @@ describe('identity: a token holder who is not the live agent', () => {
     await new Promise((resolve) => held.once('data', resolve));
     old.child.kill('SIGTERM');
     await relay.waitFor(/agent left: it drains/, 5_000, true);
+    // A user who arrives between the old one leaving and the new one connecting waits for the new one.
+    const between = userLands(publicPort);
     const successor = await agentTo(port, 'new', [], false);
     await successor.waitFor(/control connected/, 10_000, true);
     const connectedAt = performance.now();
@@ -168,6 +170,7 @@ describe('identity: a token holder who is not the live agent', () => {
     recordFigure('identity', 'restart beside a draining agent: first user served after the new agent connected', Math.round(ms), 'ms');
     // Not a probe's second, let alone the old one's drain: it is served at once.
     expect(ms).toBeLessThan(5_000);
+    expect(await between).toBe('new');
     expect(old.child.exitCode).toBeNull();
     expect(relay.latestStatus()!.replaced).toBe('0');
     held.destroy();
