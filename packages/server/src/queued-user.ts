@@ -1,8 +1,13 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
-/** Bytes kept from a queued user before its socket is paused (and its departure goes unseen until it is served). */
-const QUEUED_USER_BUFFER_BYTES = 64 * 1024;
+/**
+ * Bytes kept from a queued user before its socket is paused (and its
+ * departure goes unseen until it is served): a request's worth. More waits
+ * in the kernel's buffer. One read can bring more (up to 64 KiB), and is
+ * kept whole: the waiting cap bounds how many users hold one.
+ */
+const QUEUED_USER_BUFFER_BYTES = 16 * 1024;
 
 /**
  * A user connection waiting for a pooled connection. A paused socket would

@@ -151,7 +151,7 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
   root.services.forEach((value: unknown, index: number) => {
     const key = `services[${index}]`;
     const service = record(value, file, key);
-    allowedKeys(service, ['name', 'agent', 'public', 'proxyProtocol', 'protocol', 'idleTimeout', 'maxFlows', 'maxDatagram'], file, key);
+    allowedKeys(service, ['name', 'agent', 'public', 'proxyProtocol', 'protocol', 'idleTimeout', 'maxFlows', 'maxFlowsPerSource', 'maxDatagram', 'replyRatio'], file, key);
     if (typeof service.name !== 'string' || !NAME_PATTERN.test(service.name)) throw new ConfigError(file, `${key}.name`, 'a service name is letters, digits, . _ - (up to 63)');
     if (names.has(service.name)) throw new ConfigError(file, `${key}.name`, `service ${service.name} is declared twice`);
     names.add(service.name);
@@ -185,7 +185,13 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
 
 /** The UDP settings of a service entry: whole numbers in range, and only on a UDP service. */
 function udpOptions(service: Record<string, unknown>, protocol: 'tcp' | 'udp', file: string, key: string): UdpOptions {
-  const limits = { idleTimeout: [1, 2 ** 31 - 1, 'ms'], maxFlows: [1, 1_000_000, 'flows'], maxDatagram: [1, MAX_DATAGRAM_BYTES, 'bytes'] } as const;
+  const limits = {
+    idleTimeout: [1, 2 ** 31 - 1, 'ms'],
+    maxFlows: [1, 1_000_000, 'flows'],
+    maxFlowsPerSource: [1, 1_000_000, 'flows'],
+    maxDatagram: [1, MAX_DATAGRAM_BYTES, 'bytes'],
+    replyRatio: [0, 1_000_000, 'times the bytes received'],
+  } as const;
   const options: UdpOptions = {};
   for (const [name, [min, max, unit]] of Object.entries(limits)) {
     const value = service[name];

@@ -35,6 +35,16 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
       counter.inc({ pool, service, agent: state.agent, outcome: 'failed' }, state.failed);
     }),
   );
+  scrapedCounter(
+    registry,
+    'pool_relay_users_refused_total',
+    'TCP users closed at once because too many were waiting for a pooled connection: in all (serviceFull) or from their address (sourceFull).',
+    ['pool', 'service', 'agent', 'reason'],
+    (counter) =>
+      eachService((pool, service, state) => {
+        for (const [reason, count] of Object.entries(state.refused ?? {})) counter.inc({ pool, service, agent: state.agent, reason }, count);
+      }),
+  );
   scrapedGauge(registry, 'pool_relay_udp_flows_open', 'UDP flows open now (one per user address and port), by service.', ['pool', 'service', 'agent'], (gauge) =>
     eachService((pool, service, state) => {
       if (state.udp) gauge.set({ pool, service, agent: state.agent }, state.open);
@@ -55,7 +65,7 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
   scrapedCounter(
     registry,
     'pool_relay_udp_dropped_total',
-    'UDP datagrams dropped, by service and reason (oversized, flowLimit, queueFull, backpressure, noConnection, sendFailed).',
+    'UDP datagrams dropped, by service and reason (oversized, queueFull, backpressure, noConnection, sendFailed, replyBudget).',
     ['pool', 'service', 'agent', 'reason'],
     (counter) =>
       eachService((pool, service, state) => {

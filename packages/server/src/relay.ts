@@ -32,11 +32,16 @@ import { ControlSession } from './control-session.js';
 import { PublicService, type ServiceStats } from './public-service.js';
 import { UdpService, type UdpOptions } from './udp-service.js';
 import { QueuedUser } from './queued-user.js';
+import { normalizeAddress } from './allowlist.js';
+import type { WaitingLimits } from './waiting-users.js';
 import { publishRelayMetrics } from './relay-metrics.js';
 import type { AgentConfig, ServiceConfig } from './relay-config.js';
 import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** Defaults of {@link RelayOptions.maxWaiting} and {@link RelayOptions.maxWaitingPerSource}. */
+export const DEFAULT_MAX_WAITING = 1_024;
+export const DEFAULT_MAX_WAITING_PER_SOURCE = 512;
 /** The agent of a relay configured without `agents`: whoever the allowlist and `token` admit. */
 const DEFAULT_AGENT = 'default';
 /**
@@ -77,6 +82,18 @@ export interface RelayOptions
   agentFingerprint?: string;
   /** Public ports and the agent service behind each. Default: `publicHost:publicPort` to service `default`. */
   services?: readonly ServiceConfig[];
+  /**
+   * Most users of one TCP service waiting for a pooled connection at once;
+   * one more is closed at once (counted in the service's `refused.serviceFull`).
+   * Each holds a socket and at most one read of its bytes. Default: 1024.
+   */
+  maxWaiting?: number;
+  /**
+   * Most of those from one source address (IPv4-mapped IPv6 counted as
+   * IPv4); one more is closed at once (`refused.sourceFull`). Default: 512,
+   * which a NAT full of honest users arriving at once does not reach.
+   */
+  maxWaitingPerSource?: number;
   /**
    * How long a user's connection waits for a pooled connection that the agent
    * has claimed, retries included, before it is closed, in ms. Default: 5000.
@@ -175,6 +192,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly #listen: { host: string | undefined; port: number };
   readonly #userSockets = new Set<Socket>();
   readonly #claimTimeoutMs: number;
+  readonly #waitingLimits: WaitingLimits;
   readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
   /** Control refusals already logged at `warn`, by peer and reason. */
   readonly #controlRefusalsLogged = new Set<string>();
@@ -191,6 +209,10 @@ export class Relay extends ErrorCountingEmitter {
     this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 2_000, 1);
     this.#backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1);
+    this.#waitingLimits = {
+      maxWaiting: checkInt('maxWaiting', options.maxWaiting ?? DEFAULT_MAX_WAITING, 1),
+      maxWaitingPerSource: checkInt('maxWaitingPerSource', options.maxWaitingPerSource ?? DEFAULT_MAX_WAITING_PER_SOURCE, 1),
+    };
     this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
     const services = options.services ?? [
       {
@@ -231,7 +253,7 @@ export class Relay extends ErrorCountingEmitter {
 
   #publicService(config: ServiceConfig): PublicService | UdpService {
     if (config.protocol === 'udp') return new UdpService(config, this.#openFlow, this.reportError);
-    return new PublicService(config, this.#onUser, this.reportError);
+    return new PublicService(config, this.#waitingLimits, this.#onUser, this.reportError);
   }
 
   /** Listens on the agents' port and every public port. Rejects with the listen error (EADDRINUSE, …). */
@@ -541,6 +563,13 @@ export class Relay extends ErrorCountingEmitter {
       user.destroy();
       return;
     }
+    const source = normalizeAddress(user.remoteAddress ?? '');
+    const refusal = service.waiting.admit(source);
+    if (refusal !== undefined) {
+      service.stats.refused[refusal]++;
+      user.destroy();
+      return;
+    }
     const queued = new QueuedUser(user);
     const { proxyProtocol } = service.config;
     const order: Order = {
@@ -553,6 +582,7 @@ export class Relay extends ErrorCountingEmitter {
       }),
     };
     const outcome = await this.#claimedConnection(agent, order, queued.signal);
+    service.waiting.release(source);
     if (typeof outcome === 'string') {
       this.#stats[outcome]++;
       queued.drop();

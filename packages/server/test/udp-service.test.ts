@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { DatagramBatch, readDatagrams, type PoolConn } from '@pool/shared/internal';
 import { boundUdpSocket } from '../../../tests/helpers/udp.js';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
-import { UdpService, type FlowOpener } from '../src/udp-service.js';
+import { REPLY_ALLOWANCE_BYTES, UdpService, type FlowOpener, type UdpOptions } from '../src/udp-service.js';
 
 // A UdpService whose flows get real pooled connections (PoolConn pairs over a
 // real WebSocket), the agent's end of each played by the test.
@@ -27,8 +27,8 @@ async function userSocket(): Promise<Socket> {
 }
 
 /** A listening UdpService on 127.0.0.1 whose flows take their connections from `openFlow`; errors it reports are kept in `errors`. */
-async function startService(openFlow: FlowOpener, errors: Error[] = []): Promise<UdpService> {
-  service = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp' }, openFlow, (error) => errors.push(error));
+async function startService(openFlow: FlowOpener, errors: Error[] = [], udp: UdpOptions = {}): Promise<UdpService> {
+  service = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp', udp }, openFlow, (error) => errors.push(error));
   await service.listen();
   return service;
 }
@@ -42,6 +42,8 @@ async function pooledPair(): Promise<ConnPair> {
 
 /** The agent's end of a flow, echoing every datagram back. */
 function echo(agentEnd: PoolConn, maxDatagram: number): void {
+  // The relay ends a flow by destroying its connection, which the agent's end sees as an abnormal close.
+  agentEnd.on('error', () => {});
   const batch = new DatagramBatch(agentEnd);
   readDatagrams(
     agentEnd,
@@ -192,5 +194,66 @@ describe('UdpService', () => {
     udp.close();
     await until(() => udpHandles() === before);
     expect(udpHandles()).toBe(before);
+  });
+
+  it('a full table makes room: a new user closes the least recently active flow, and is answered', async () => {
+    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { maxFlows: 3, maxFlowsPerSource: 3 });
+    const [a, b, c, d] = await Promise.all([userSocket(), userSocket(), userSocket(), userSocket()]);
+    expect(await exchange(a!, udp.port(), 'a1')).toBe('a1');
+    expect(await exchange(b!, udp.port(), 'b1')).toBe('b1');
+    expect(await exchange(c!, udp.port(), 'c1')).toBe('c1');
+    // a is active again: b is now the least recently active flow.
+    expect(await exchange(a!, udp.port(), 'a2')).toBe('a2');
+    expect(await exchange(d!, udp.port(), 'd1')).toBe('d1');
+    expect(udp.stats.udp.flowsEvicted).toBe(1);
+    expect(udp.stats.open).toBe(3);
+    // b's flow went: its next datagram opens a new one (evicting c, now the least recent).
+    expect(await exchange(b!, udp.port(), 'b2')).toBe('b2');
+    expect(udp.stats.accepted).toBe(5);
+    expect(udp.stats.udp.flowsEvicted).toBe(2);
+  });
+
+  it('one address holds at most its share of the table: its new flow replaces its own oldest, never another address\'s', async () => {
+    // Every user here is 127.0.0.1, so the share is what one address gets: 2 of 4 flows.
+    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { maxFlows: 4, maxFlowsPerSource: 2 });
+    const users = await Promise.all(Array.from({ length: 5 }, () => userSocket()));
+    for (const [i, user] of users.entries()) expect(await exchange(user, udp.port(), `u${i}`)).toBe(`u${i}`);
+    expect(udp.stats.open).toBe(2);
+    expect(udp.stats.udp.flowsEvicted).toBe(3);
+  });
+
+  it('bounds what a flow sends its user by the bytes it heard (the reflection budget), and counts what it drops', async () => {
+    // The agent's end answers every datagram with 100 times its size: a service's own amplification.
+    const udp = await startService(
+      async (_service, _source, maxDatagram) => {
+        const pair = await pooledPair();
+        const batch = new DatagramBatch(pair.client);
+        readDatagrams(pair.client, maxDatagram, (datagrams) => {
+          for (const datagram of datagrams) batch.add(Buffer.alloc(datagram.length * 100, 1));
+        }, (error) => {
+          throw error;
+        });
+        return pair.server;
+      },
+      [],
+      { replyRatio: 10 },
+    );
+    const user = await userSocket();
+    let received = 0;
+    user.on('message', (data: Buffer) => (received += data.length));
+    for (let i = 0; i < 20; i++) user.send(Buffer.alloc(10), udp.port(), '127.0.0.1');
+    await until(() => udp.stats.udp.datagrams.toUsers + udp.stats.udp.dropped.replyBudget === 20);
+    await until(() => received === udp.stats.udp.bytes.toUsers);
+    // 200 bytes heard: at most 10 x 200 + the allowance go back, where the service would have sent 20,000.
+    expect(received).toBeLessThanOrEqual(10 * 200 + REPLY_ALLOWANCE_BYTES);
+    expect(received).toBeGreaterThan(0);
+    expect(udp.stats.udp.dropped.replyBudget).toBeGreaterThan(0);
+  });
+
+  it('with replyRatio 0 the budget is off: every reply goes back', async () => {
+    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { replyRatio: 0 });
+    const user = await userSocket();
+    expect(await exchange(user, udp.port(), 'x'.repeat(5_000))).toBe('x'.repeat(5_000));
+    expect(udp.stats.udp.dropped.replyBudget).toBe(0);
   });
 });

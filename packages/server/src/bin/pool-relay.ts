@@ -34,7 +34,9 @@ async function main(): Promise<void> {
       'public-port': { type: 'string', description: 'port for users', default: '10080', range: PORT_RANGE },
       udp: { type: 'boolean', description: 'the public port is UDP: each user address and port is a flow on a pooled connection of its own' },
       'udp-idle-timeout': { type: 'string', description: 'with --udp: a flow silent both ways for this long is closed on both ends, ms', default: '60000', range: [1, MS_RANGE[1]] },
-      'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a datagram that would open another is dropped)', default: '1024', range: [1, 1_000_000] },
+      'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a new one closes the least recently active)', default: '1024', range: [1, 1_000_000] },
+      'udp-max-flows-per-source': { type: 'string', description: "with --udp: most flows of one address (its new one closes its own least recently active; default: a quarter of --udp-max-flows)", range: [1, 1_000_000] },
+      'udp-reply-ratio': { type: 'string', description: 'with --udp: a flow sends its user at most this many times the bytes it received, plus 4 KiB (0: no limit)', default: '10', range: [0, 1_000_000] },
       'udp-max-datagram': { type: 'string', description: 'with --udp: largest datagram carried, bytes (larger ones are dropped, never split)', default: '65507', range: [1, 65_507] },
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
@@ -47,6 +49,8 @@ async function main(): Promise<void> {
       'agent-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the agent's key, as pool-agent --key-dir prints it: a connection without that key gets nothing, token or not (with --config: agents.NAME.fingerprint)" },
       'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256', range: [1, 1_000_000] },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
+      'max-waiting': { type: 'string', description: 'most users of one TCP service waiting for a pooled connection at once (more are closed at once, counted)', default: '1024', range: [1, 1_000_000] },
+      'max-waiting-per-source': { type: 'string', description: 'of those, most from one address', default: '512', range: [1, 1_000_000] },
       'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000', range: MS_RANGE },
       backlog: { type: 'string', description: 'connections each listener queues before they are accepted (a burst), capped by net.core.somaxconn', default: '2048', range: [1, 65_535] },
       'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000', range: [1, MS_RANGE[1]] },
@@ -110,7 +114,13 @@ async function main(): Promise<void> {
     publicPort: numberFlag(flags, 'public-port'),
     ...(flags.udp === true && {
       publicProtocol: 'udp' as const,
-      udp: { idleTimeout: numberFlag(flags, 'udp-idle-timeout'), maxFlows: numberFlag(flags, 'udp-max-flows'), maxDatagram: numberFlag(flags, 'udp-max-datagram') },
+      udp: {
+        idleTimeout: numberFlag(flags, 'udp-idle-timeout'),
+        maxFlows: numberFlag(flags, 'udp-max-flows'),
+        ...(flags['udp-max-flows-per-source'] !== undefined && { maxFlowsPerSource: numberFlag(flags, 'udp-max-flows-per-source') }),
+        maxDatagram: numberFlag(flags, 'udp-max-datagram'),
+        replyRatio: numberFlag(flags, 'udp-reply-ratio'),
+      },
     }),
     tls: tls && { cert: tls.cert, key: tls.key },
     allow,
@@ -119,6 +129,8 @@ async function main(): Promise<void> {
     maxCap: numberFlag(flags, 'max-cap'),
     keepAlive: numberFlag(flags, 'keep-alive'),
     getTimeout: numberFlag(flags, 'get-timeout'),
+    maxWaiting: numberFlag(flags, 'max-waiting'),
+    maxWaitingPerSource: numberFlag(flags, 'max-waiting-per-source'),
     backlog: numberFlag(flags, 'backlog'),
     headersTimeout: numberFlag(flags, 'headers-timeout'),
     maxPayload: numberFlag(flags, 'max-payload'),
@@ -136,8 +148,9 @@ async function main(): Promise<void> {
     () => {
       const s = relay.stats();
       const udp = Object.values(s.services).filter((service) => service.udp !== undefined);
+      const busy = Object.values(s.services).reduce((sum, service) => sum + (service.refused ? service.refused.serviceFull + service.refused.sourceFull : 0), 0);
       const flows = udp.length === 0 ? '' : ` flows=${udp.reduce((sum, service) => sum + service.open, 0)} udp-dropped=${udp.reduce((sum, service) => sum + Object.values(service.udp!.dropped).reduce((a, b) => a + b, 0), 0)}`;
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),
   );
