@@ -64,6 +64,14 @@ async function servedBy(publicPort: number, name: string, timeoutMs = 10_000): P
   throw new Error(`no user reached ${name} within ${timeoutMs} ms`);
 }
 
+/** Waits for `agent`'s control channel, then for a user served by it (its target greets with `name`); the ms between the two. */
+async function servedOnceConnected(agent: CliProcess, publicPort: number, name: string): Promise<number> {
+  await agent.waitFor(/control connected/, 10_000, true);
+  const connectedAt = performance.now();
+  await servedBy(publicPort, name);
+  return performance.now() - connectedAt;
+}
+
 async function relayWith(args: string[] = []): Promise<{ relay: CliProcess; port: number; publicPort: number }> {
   const started = await startRelay(['--token', TOKEN, '--status-interval', '100', ...args]);
   processes.push(started.relay);
@@ -162,11 +170,7 @@ describe('identity: a token holder who is not the live agent', () => {
     await relay.waitFor(/agent left: it drains/, 5_000, true);
     // A user who arrives between the old one leaving and the new one connecting waits for the new one.
     const between = userLands(publicPort);
-    const successor = await agentTo(port, 'new', [], false);
-    await successor.waitFor(/control connected/, 10_000, true);
-    const connectedAt = performance.now();
-    await servedBy(publicPort, 'new');
-    const ms = performance.now() - connectedAt;
+    const ms = await servedOnceConnected(await agentTo(port, 'new', [], false), publicPort, 'new');
     recordFigure('identity', 'restart beside a draining agent: first user served after the new agent connected', Math.round(ms), 'ms');
     // Not a probe's second, let alone the old one's drain: it is served at once.
     expect(ms).toBeLessThan(5_000);
@@ -199,11 +203,7 @@ describe('identity: a token holder who is not the live agent', () => {
     expect(counts).toEqual({ refused: 20 });
     await relay.waitFor(/agent default has a pinned key, and this connection did not present it/, 5_000, true);
     // The real agent, back, with its key.
-    const back = await agentTo(port, 'real-again', ['--key-dir', keyDir], false);
-    await back.waitFor(/control connected/, 10_000, true);
-    const connectedAt = performance.now();
-    await servedBy(publicPort, 'real-again');
-    const ms = performance.now() - connectedAt;
+    const ms = await servedOnceConnected(await agentTo(port, 'real-again', ['--key-dir', keyDir], false), publicPort, 'real-again');
     recordFigure('identity', 'pinned key: the real agent back, first user served after it connected', Math.round(ms), 'ms');
     expect(ms).toBeLessThan(5_000);
     expect(impostor.latestStatus()?.control).toBe('down');
