@@ -3,8 +3,6 @@ import { isIP } from 'node:net';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { CertificatePinError } from '@pool/shared/internal';
 
-export { parseFingerprint } from '@pool/shared/internal';
-
 /** How ws opens a TLS connection for a request; ours, to wrap it. */
 export type TlsConnect = (request: ClientRequestArgs) => TLSSocket;
 

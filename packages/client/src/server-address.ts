@@ -1,6 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import { InvalidOptionError } from '@pool/shared';
-import { parseFingerprint } from './certificate-pin.js';
+import { InvalidOptionError, parseFingerprint } from '@pool/shared/internal';
 
 /** TLS options for the relay connection: Node's, plus a certificate pin. */
 export interface RelayTlsOptions extends ConnectionOptions {

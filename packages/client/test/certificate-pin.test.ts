@@ -5,7 +5,8 @@ import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:tls';
 import { ServerPool, generateDevCertificate } from '@pool/server';
 import { ClientPool } from '@pool/client';
-import { certificateHint, parseFingerprint } from '../src/certificate-pin.js';
+import { parseFingerprint } from '@pool/shared/internal';
+import { certificateHint } from '../src/certificate-pin.js';
 import { resolveRelayTarget } from '../src/server-address.js';
 
 const HEX = 'ab'.repeat(32);

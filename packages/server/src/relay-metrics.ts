@@ -1,6 +1,7 @@
 import type { Registry } from 'prom-client';
 import type { MetricsOptions } from '@pool/shared';
 import { publishStats, scrapedCounter, scrapedGauge } from '@pool/shared/internal';
+import type { ServiceStats } from './public-service.js';
 import type { RelayStats } from './relay.js';
 
 /** Registers the relay's series in `registry` once; each reads every relay registered there at scrape time. */
@@ -35,16 +36,6 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
       counter.inc({ pool, service, agent: state.agent, outcome: 'failed' }, state.failed);
     }),
   );
-  scrapedCounter(
-    registry,
-    'pool_relay_users_refused_total',
-    'TCP users closed at once because too many were waiting for a pooled connection: in all (serviceFull) or from their address (sourceFull).',
-    ['pool', 'service', 'agent', 'reason'],
-    (counter) =>
-      eachService((pool, service, state) => {
-        for (const [reason, count] of Object.entries(state.refused ?? {})) counter.inc({ pool, service, agent: state.agent, reason }, count);
-      }),
-  );
   scrapedGauge(registry, 'pool_relay_udp_flows_open', 'UDP flows open now (one per user address and port), by service.', ['pool', 'service', 'agent'], (gauge) =>
     eachService((pool, service, state) => {
       if (state.udp) gauge.set({ pool, service, agent: state.agent }, state.open);
@@ -62,16 +53,24 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
       }),
     );
   }
-  scrapedCounter(
-    registry,
-    'pool_relay_udp_dropped_total',
-    'UDP datagrams dropped, by service and reason (oversized, queueFull, backpressure, noConnection, sendFailed, replyBudget).',
-    ['pool', 'service', 'agent', 'reason'],
-    (counter) =>
+  for (const [name, help, countsOf] of [
+    [
+      'pool_relay_users_refused_total',
+      'TCP users closed at once because too many were waiting for a pooled connection: in all (serviceFull) or from their address (sourceFull).',
+      (state: ServiceStats) => state.refused,
+    ],
+    [
+      'pool_relay_udp_dropped_total',
+      'UDP datagrams dropped, by service and reason (oversized, queueFull, backpressure, noConnection, sendFailed, replyBudget).',
+      (state: ServiceStats) => state.udp?.dropped,
+    ],
+  ] as const) {
+    scrapedCounter(registry, name, help, ['pool', 'service', 'agent', 'reason'], (counter) =>
       eachService((pool, service, state) => {
-        for (const [reason, count] of Object.entries(state.udp?.dropped ?? {})) counter.inc({ pool, service, agent: state.agent, reason }, count);
+        for (const [reason, count] of Object.entries(countsOf(state) ?? {})) counter.inc({ pool, service, agent: state.agent, reason }, count);
       }),
-  );
+    );
+  }
 }
 
 /**

@@ -224,6 +224,9 @@ export class Relay extends ErrorCountingEmitter {
       },
     ];
     this.#tls = options.tls !== undefined;
+    if (options.agents !== undefined && options.agentFingerprint !== undefined) throw new InvalidOptionError('agentFingerprint', options.agentFingerprint, 'none with agents: each agent has its own fingerprint');
+    const identities = this.#keysNeedTls(agentIdentities(options.agents, options.agentFingerprint));
+    this.#agents = new AgentSessions(identities, options.agents !== undefined);
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
     const serverOptions = httpTimeouts(headersTimeout);
     // Agents may present a certificate (their key, where one is pinned); nobody has to,
@@ -232,12 +235,6 @@ export class Relay extends ErrorCountingEmitter {
       ? createHttpsServer({ requestCert: true, rejectUnauthorized: false, ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
       : createHttpServer(serverOptions);
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
-    if (options.agents !== undefined && options.agentFingerprint !== undefined) throw new InvalidOptionError('agentFingerprint', options.agentFingerprint, 'none with agents: each agent has its own fingerprint');
-    const identities = agentIdentities(options.agents, options.agentFingerprint);
-    if (!options.tls && [...identities.values()].some((identity) => identity.fingerprint !== undefined)) {
-      throw new InvalidOptionError('agentFingerprint', '<fingerprint>', 'tls: an agent proves its key in the TLS handshake');
-    }
-    this.#agents = new AgentSessions(identities, options.agents !== undefined);
     this.pool = new ServerPool({ ...options, tokens: agentTokens(options.agents), server: this.#server, bind: this.#agents.bind });
     this.pool.on('error', this.forwardError);
     this.pool.on('waiting', (_waiting: number, agent: string | undefined) => this.#scheduleDemand(agent));
@@ -249,6 +246,13 @@ export class Relay extends ErrorCountingEmitter {
     });
     for (const service of services) this.#serviceByName.set(service.name, this.#publicService(service));
     this.#unpublishMetrics = options.metrics && publishRelayMetrics(options.metrics, () => this.stats());
+  }
+
+  /** The identities, unless one pins a key on a relay without TLS (`ERR_INVALID_OPTION`): an agent proves its key in the TLS handshake. */
+  #keysNeedTls(identities: Map<string, AgentIdentity>): Map<string, AgentIdentity> {
+    const pinned = [...identities].find(([, identity]) => identity.fingerprint !== undefined);
+    if (!this.#tls && pinned) throw new InvalidOptionError(`agents.${pinned[0]}.fingerprint`, '<fingerprint>', 'tls: an agent proves its key in the TLS handshake');
+    return identities;
   }
 
   #publicService(config: ServiceConfig): PublicService | UdpService {
@@ -325,10 +329,7 @@ export class Relay extends ErrorCountingEmitter {
    * listen error of a new service (the others are applied).
    */
   async reload(next: RelayReload): Promise<void> {
-    const identities = agentIdentities(next.agents, undefined);
-    if (!this.#tls && [...identities.values()].some((identity) => identity.fingerprint !== undefined)) {
-      throw new InvalidOptionError('agents.fingerprint', '<fingerprint>', 'tls: an agent proves its key in the TLS handshake');
-    }
+    const identities = this.#keysNeedTls(agentIdentities(next.agents, undefined));
     // Checked before anything changes: a malformed pin leaves the running configuration whole.
     AgentSessions.check(identities);
     this.pool.reconfigure({ tokens: agentTokens(next.agents) ?? {} });

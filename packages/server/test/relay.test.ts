@@ -208,3 +208,25 @@ describe('Relay: connect orders', () => {
     expect(relay.stats().noAgent).toBe(1);
   });
 });
+
+describe('Relay: agent keys, as options', () => {
+  const PIN = 'ab'.repeat(32);
+  const TLS = { cert: 'unused', key: 'unused' };
+
+  it.each<[string, RelayOptions, string]>([
+    ['a pin without TLS', { agentFingerprint: PIN }, 'agents.default.fingerprint'],
+    ['a malformed pin', { tls: TLS, agentFingerprint: 'AB:CD' }, 'agents.default.fingerprint'],
+    ['agentFingerprint beside agents', { tls: TLS, agentFingerprint: PIN, agents: { east: { token: 'east-secret-0123456789abcdef' } } }, 'agentFingerprint'],
+  ])('refuses %s with ERR_INVALID_OPTION, before it holds anything', (_label, options, name) => {
+    expect(() => new Relay(options)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_OPTION', message: expect.stringContaining(`invalid ${name}`) }));
+  });
+
+  it('a reload that pins a key on a relay without TLS changes nothing', async () => {
+    const token = 'east-secret-0123456789abcdef';
+    const { relay } = await startRelay({ agents: { east: { token } }, services: [{ name: 'web', agent: 'east', publicHost: '127.0.0.1', publicPort: 0 }] });
+    await expect(relay.reload({ agents: { east: { token, fingerprint: PIN } }, services: [] })).rejects.toMatchObject({ code: 'ERR_INVALID_OPTION' });
+    // The service and the agent are still there.
+    expect(Object.keys(relay.address().publicPorts)).toEqual(['web']);
+    expect(Object.keys(relay.stats().agents)).toEqual(['east']);
+  });
+});

@@ -1,30 +1,17 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
-import { CliOperations, MS_RANGE, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
+import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { Agent } from '../agent.js';
 import type { TlsMode } from '../server-address.js';
 import { keptCertificate, parseFingerprint } from '@pool/shared/internal';
 
 const COMMAND = 'pool-agent';
 
-/** A PEM certificate file for --tls-ca, or an error naming the flag and the file. */
-function readCertificate(file: string): Buffer {
-  let pem: Buffer;
-  try {
-    pem = readFileSync(file);
-  } catch (error) {
-    throw new Error(`--tls-ca ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-  }
-  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error(`--tls-ca ${file}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)`);
-  return pem;
-}
-
 /** --tls, --tls-ca and --tls-fingerprint as one TLS mode; the last two pin a certificate, so they stand alone. */
 function tlsOf(caFile: string | undefined, fingerprint: string | undefined, mode: string | undefined): TlsMode | undefined {
   if (caFile !== undefined && fingerprint !== undefined) throw new Error('--tls-ca and --tls-fingerprint exclude each other: pin the certificate one way');
   const pinFlag = caFile !== undefined ? '--tls-ca' : fingerprint !== undefined ? '--tls-fingerprint' : undefined;
   if (pinFlag && mode !== undefined && mode !== 'verified' && mode !== '2') throw new Error(`${pinFlag} and --tls ${mode} exclude each other`);
-  if (caFile !== undefined) return { ca: readCertificate(caFile) };
+  if (caFile !== undefined) return { ca: readPemFile(caFile, '--tls-ca', 'CERTIFICATE') };
   if (fingerprint !== undefined) {
     if (parseFingerprint(fingerprint) === undefined) {
       throw new Error(`--tls-fingerprint ${JSON.stringify(fingerprint)}: expected the SHA-256 fingerprint pool-relay prints (32 bytes as AB:CD:…, or 64 hex digits)`);

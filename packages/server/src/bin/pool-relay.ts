@@ -1,27 +1,11 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliOperations, MS_RANGE, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
+import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate, parseFingerprint } from '@pool/shared/internal';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
 
 const COMMAND = 'pool-relay';
-
-/** A PEM file holding `label` (CERTIFICATE, PRIVATE KEY), or an error naming where it was asked for, the file and what is wrong. */
-function readPem(file: string, where: string, label: 'CERTIFICATE' | 'PRIVATE KEY'): Buffer {
-  let pem: Buffer;
-  try {
-    pem = readFileSync(file);
-  } catch (error) {
-    throw new Error(`${where} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-  }
-  if (!new RegExp(`-----BEGIN [A-Z ]*${label}-----`).test(pem.toString('latin1'))) {
-    const other = label === 'CERTIFICATE' ? 'a private key (are cert and key swapped?)' : 'a certificate (are cert and key swapped?)';
-    const holds = /-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----/.test(pem.toString('latin1')) ? `it holds ${other}` : `not a PEM ${label.toLowerCase()}`;
-    throw new Error(`${where} ${file}: ${holds}`);
-  }
-  return pem;
-}
 
 async function main(): Promise<void> {
   const flags = parseCommandLine(
@@ -80,7 +64,7 @@ async function main(): Promise<void> {
   if (certFiles) {
     if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
     const where = (name: 'cert' | 'key'): string => (config?.tls ? `${configFile}: tls.${name}` : `--tls-${name}`);
-    tls = { cert: readPem(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPem(String(certFiles.key), where('key'), 'PRIVATE KEY') };
+    tls = { cert: readPemFile(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPemFile(String(certFiles.key), where('key'), 'PRIVATE KEY') };
   } else if (!flags.plain) {
     const names = String(flags['tls-name']).split(',').map((name) => name.trim()).filter(Boolean);
     if (names.length === 0) throw new Error('--tls-name: give at least one host name or IP');
