@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { bursts, type BurstOutcome, type BurstRow } from './burst.js';
 import { fileDownload } from './file-download.js';
+import { floodOfWaitingUsers } from './flood.js';
 import { udpThroughTunnel } from './udp.js';
 import { killAll } from './lib.js';
 import { downloadThroughput, duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type FillRun, type MemoryRow } from './measure.js';
@@ -169,6 +170,21 @@ async function main(): Promise<void> {
         true,
       );
     }
+  }
+
+  if (wanted('flood')) {
+    console.log('9. a flood of 10,000 users x 64 KiB while no pooled connection is free: relay RSS vs a plain Node server with the same caps');
+    const row = await floodOfWaitingUsers(10_000);
+    results.flood = row;
+    const mib = (bytes: number): string => `+${(bytes / 2 ** 20).toFixed(0)} MiB`;
+    check(
+      `flood of ${row.users} users x 64 KiB, none served: RSS growth (users refused at once)`,
+      `${mib(row.relay.rssGrowth)} (${row.relay.refused} refused)`,
+      `plain Node server, same caps ${mib(row.floor.rssGrowth)} (${row.floor.refused} refused)`,
+      row.relay.rssGrowth / row.floor.rssGrowth,
+      '<= 128 MiB',
+      row.relay.rssGrowth <= 128 * 2 ** 20,
+    );
   }
 
   const out = fileURLToPath(new URL('../../bench/results/', import.meta.url));

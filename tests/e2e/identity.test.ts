@@ -103,7 +103,7 @@ describe('identity: a token holder who is not the live agent', () => {
         const ws = new WebSocket(`wss://127.0.0.1:${port}${path}`, {
           rejectUnauthorized: false,
           perMessageDeflate: false,
-          headers: { 'x-pool-token': TOKEN, 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': 'claimed,demand,session,udp' },
+          headers: { 'x-pool-token': TOKEN, 'x-pool-agent-id': randomUUID(), 'x-pool-control-features': 'claimed,demand,session,flows' },
         });
         ws.on('error', () => {});
         ws.on('message', () => sessions++);

@@ -9,6 +9,7 @@ import { V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
 import { request } from 'undici';
 import WebSocket from 'ws';
 import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
+import { freePorts } from '../helpers/ports.js';
 import { TargetServers } from '../helpers/tunnel.js';
 
 // One relay, two agents, four services, from a YAML configuration: the real
@@ -84,19 +85,6 @@ const SERVICES = (ports: { web: number; db: number; ssh: number; mail: number; v
   - { name: pv1, agent: west, public: "[::1]:${ports.v1}", proxyProtocol: v1 }
   - { name: pv2, agent: west, public: "127.0.0.1:${ports.v2}", proxyProtocol: v2 }
 `;
-
-/** Free ports on loopback, to write into the configuration. */
-async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<Server>((resolve) => {
-      const server = createServer();
-      server.listen(0, host, () => resolve(server));
-    })),
-  );
-  const ports = servers.map((server) => (server.address() as { port: number }).port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
-}
 
 function startAgent(name: string, token: string, services: Record<string, string>, extra: string[] = []): CliProcess {
   const agent = new CliProcess(AGENT_BIN, [

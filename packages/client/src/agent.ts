@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type { ClientRequest, ClientRequestArgs, IncomingMessage } from 'node:http';
-import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { connect, isIPv6, type Socket } from 'node:net';
 import WebSocket from 'ws';
@@ -21,8 +20,6 @@ import {
   SESSION_HEADER,
   type ConnectMessage,
   type FlowMessage,
-  DatagramBatch,
-  readDatagrams,
   CLOSE_TARGET_UNREACHABLE,
   CONTROL_FEATURES,
   CONTROL_FEATURES_HEADER,
@@ -41,6 +38,7 @@ import { proxyHeader } from './proxy-header.js';
 import { resolveRelayTarget } from './server-address.js';
 import { certificateHint, pinCertificate } from './certificate-pin.js';
 import { publishAgentMetrics } from './agent-metrics.js';
+import { FlowCarrier, type FlowCounters, type ResolvedTarget } from './flow-carrier.js';
 
 /** Options for {@link Agent}: those of its {@link ClientPool}, plus where tunnels lead. */
 export interface AgentOptions extends ClientPoolOptions {
@@ -70,7 +68,7 @@ export interface AgentOptions extends ClientPoolOptions {
 export interface AgentStats {
   /** Connect orders received from the relay. */
   orders: number;
-  /** Tunnels open right now. */
+  /** Tunnels open right now (a pooled connection carrying UDP flows counts as one). */
   open: number;
   /** Tunnels that ended. */
   finished: number;
@@ -78,9 +76,11 @@ export interface AgentStats {
   claimFailures: number;
   /** Orders whose target refused or timed out. */
   targetFailures: number;
-  /** UDP flows open right now (each is also an open tunnel). */
+  /** UDP flows open right now: one socket to the target each. */
   flowsOpen: number;
-  /** Target replies not sent back to a UDP user: larger than the flow's maximum, or while its connection was backed up. */
+  /** UDP flows ended because their socket could not be opened (out of file descriptors, …). */
+  flowFailures: number;
+  /** Target replies not sent back to a UDP user: larger than the service's maximum, or while their connection was backed up. */
   datagramsDropped: { oversized: number; backpressure: number };
   /** Demand messages received: users waiting at the relay, dialled for at once. */
   demands: number;
@@ -114,23 +114,6 @@ export function parseHostPort(name: string, value: string): { host: string; port
   const port = Number(match?.[3]);
   if (!match || port < 1 || port > 65_535 || (match[1] !== undefined && !isIPv6(match[1]))) throw new InvalidOptionError(name, value, 'host:port');
   return { host: (match[1] ?? match[2])!, port };
-}
-
-/** A UDP socket connected to `target`, of the family its address resolves to. */
-async function udpSocketTo(target: { host: string; port: number }): Promise<UdpSocket> {
-  const { address, family } = await lookup(target.host);
-  const socket = createSocket(family === 6 ? 'udp6' : 'udp4');
-  return new Promise((resolve, reject) => {
-    socket.once('error', (error) => {
-      socket.close();
-      reject(new TargetUnreachableError(`${target.host}:${target.port}`, `cannot be reached over UDP (${(error as { code?: string }).code ?? error.message})`, error));
-    });
-    socket.connect(target.port, address, () => {
-      socket.removeAllListeners('error');
-      socket.on('error', () => {});
-      resolve(socket);
-    });
-  });
 }
 
 const CONTROL_RETRY_MIN_MS = 200;
@@ -181,8 +164,8 @@ export class Agent extends ErrorCountingEmitter {
   readonly #keepAliveMs: number;
 
   readonly #tunnels = new Set<PoolConn>();
-  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0, flowsOpen: 0 };
-  readonly #datagramsDropped = { oversized: 0, backpressure: 0 };
+  readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0 };
+  readonly #flowCounters: FlowCounters = { flowsOpen: 0, flowFailures: 0, datagramsDropped: { oversized: 0, backpressure: 0 } };
   readonly #unpublishMetrics: (() => void) | undefined;
   #control: WebSocket | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -238,7 +221,9 @@ export class Agent extends ErrorCountingEmitter {
     return {
       ...this.#stats,
       control: this.#controlState,
-      datagramsDropped: { ...this.#datagramsDropped },
+      flowsOpen: this.#flowCounters.flowsOpen,
+      flowFailures: this.#flowCounters.flowFailures,
+      datagramsDropped: { ...this.#flowCounters.datagramsDropped },
       dials,
       demandDials,
       rounds,
@@ -332,7 +317,7 @@ export class Agent extends ErrorCountingEmitter {
         if (message.type === 'connect') {
           void this.#serve(message);
         } else if (message.type === 'flow') {
-          void this.#serveFlow(message);
+          void this.#serveFlows(message);
         } else if (message.type === 'demand') {
           this.#stats.demands++;
           this.pool.dialNow(message.waiting);
@@ -448,48 +433,32 @@ export class Agent extends ErrorCountingEmitter {
   }
 
   /**
-   * One UDP flow: the datagrams framed on the pooled connection go to the
-   * target from a socket of this flow's own, and the target's replies come
-   * back on the same connection, so they reach the user who sent the flow's
-   * datagrams and nobody else. The relay ends the flow (idle, or its user
-   * port closed) by closing the connection.
+   * A carrier of UDP flows: the relay sends many flows of the service on this
+   * one connection, each to its own socket here (see {@link FlowCarrier}).
+   * The target's address is looked up once for the carrier.
    */
-  async #serveFlow(order: FlowMessage): Promise<void> {
+  async #serveFlows(order: FlowMessage): Promise<void> {
     const claimed = await this.#claim(order);
     if (claimed === undefined) return;
     const { conn, target } = claimed;
-    this.#stats.flowsOpen++;
-    const closed = new Promise<void>((resolve) => conn.once('close', resolve));
-    let socket: UdpSocket | undefined;
+    let resolved: ResolvedTarget;
     try {
-      socket = await udpSocketTo(target);
-      const flowSocket = socket;
-      flowSocket.on('error', (error) => this.logger.debug({ err: error, target: `${target.host}:${target.port}` }, 'UDP target error'));
-      const batch = new DatagramBatch(conn);
-      conn.once('close', () => batch.discard());
-      readDatagrams(
-        conn,
-        order.maxDatagram,
-        (datagrams) => {
-          for (const datagram of datagrams) flowSocket.send(datagram);
-        },
-        this.reportError,
-      );
-      flowSocket.on('message', (datagram: Buffer) => {
-        if (datagram.length > order.maxDatagram) this.#datagramsDropped.oversized++;
-        else if (!batch.add(datagram)) this.#datagramsDropped.backpressure++;
-      });
-      await closed;
+      const { address, family } = await lookup(target.host);
+      resolved = { address, family: family === 6 ? 6 : 4, port: target.port };
     } catch (error) {
       this.#stats.targetFailures++;
-      this.reportError(error as Error);
+      this.reportError(new TargetUnreachableError(`${target.host}:${target.port}`, `cannot be resolved (${(error as { code?: string }).code ?? (error as Error).message})`, error as Error));
       conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
       conn.destroy();
-    } finally {
-      socket?.close();
-      this.#stats.flowsOpen--;
       this.#stats.finished++;
+      return;
     }
+    const targetName = `${target.host}:${target.port}`;
+    const carrier = new FlowCarrier(conn, resolved, order.maxDatagram, this.#flowCounters, (error) =>
+      this.logger.debug({ err: error, target: targetName }, 'UDP target error'),
+    );
+    await carrier.run(this.reportError);
+    this.#stats.finished++;
   }
 
   #dialTarget(address: { host: string; port: number }): Promise<Socket> {

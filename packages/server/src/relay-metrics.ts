@@ -36,9 +36,19 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
       counter.inc({ pool, service, agent: state.agent, outcome: 'failed' }, state.failed);
     }),
   );
-  scrapedGauge(registry, 'pool_relay_udp_flows_open', 'UDP flows open now (one per user address and port), by service.', ['pool', 'service', 'agent'], (gauge) =>
+  for (const [name, help, valueOf] of [
+    ['pool_relay_udp_flows_open', 'UDP flows open now (one per user address and port), by service.', (state: ServiceStats) => state.open],
+    ['pool_relay_udp_carriers', 'Pooled connections carrying UDP flows now, by service.', (state: ServiceStats) => state.udp?.carriers ?? 0],
+  ] as const) {
+    scrapedGauge(registry, name, help, ['pool', 'service', 'agent'], (gauge) =>
+      eachService((pool, service, state) => {
+        if (state.udp) gauge.set({ pool, service, agent: state.agent }, valueOf(state));
+      }),
+    );
+  }
+  scrapedCounter(registry, 'pool_relay_udp_flows_evicted_total', 'UDP flows closed to make room for a new one (the table full, or their address at its share), by service.', ['pool', 'service', 'agent'], (counter) =>
     eachService((pool, service, state) => {
-      if (state.udp) gauge.set({ pool, service, agent: state.agent }, state.open);
+      if (state.udp) counter.inc({ pool, service, agent: state.agent }, state.udp.flowsEvicted);
     }),
   );
   for (const [what, help] of [

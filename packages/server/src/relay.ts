@@ -7,7 +7,6 @@ import {
   InvalidOptionError,
   PoolClosedError,
   type DrainResult,
-  type Endpoint,
   type FlowMessage,
   type ConnectMessage,
   type PoolConn,
@@ -256,7 +255,7 @@ export class Relay extends ErrorCountingEmitter {
   }
 
   #publicService(config: ServiceConfig): PublicService | UdpService {
-    if (config.protocol === 'udp') return new UdpService(config, this.#openFlow, this.reportError);
+    if (config.protocol === 'udp') return new UdpService(config, this.#openCarrier, this.reportError);
     return new PublicService(config, this.#waitingLimits, this.#onUser, this.reportError);
   }
 
@@ -504,7 +503,7 @@ export class Relay extends ErrorCountingEmitter {
       const service = this.#serviceByName.get(name);
       if (service === undefined) refuse(`unknown service ${name}: the relay has no such service`);
       else if (service.config.agent !== agent.name) refuse(`service ${name} belongs to agent ${service.config.agent}, not to ${agent.name}`);
-      else if (service instanceof UdpService && !agent.control?.features.has('udp')) refuse(`service ${name} is UDP, which this agent cannot carry: upgrade it`);
+      else if (service instanceof UdpService && !agent.control?.features.has('flows')) refuse(`service ${name} is UDP, which this agent cannot carry: upgrade it`);
       else accepted.add(name);
     }
     for (const service of this.#serviceByName.values()) {
@@ -637,17 +636,17 @@ export class Relay extends ErrorCountingEmitter {
   }
 
   /**
-   * A pooled connection, claimed by the service's agent, for a new UDP flow
-   * from `source`; undefined (counted) when there is none within `getTimeout`
-   * or the flow ends first.
+   * A pooled connection, claimed by the service's agent, to carry flows of a
+   * UDP service; undefined (counted) when there is none within `getTimeout`
+   * or the service gives up on it first.
    */
-  readonly #openFlow = async (service: UdpService, source: Endpoint, maxDatagram: number, flowEnded: AbortSignal): Promise<PoolConn | undefined> => {
+  readonly #openCarrier = async (service: UdpService, maxDatagram: number, carrierEnded: AbortSignal): Promise<PoolConn | undefined> => {
     const agent = this.#agents.get(service.config.agent);
     if (agent === undefined || !this.#awaited(agent) || !agent.services.has(service.config.name)) {
       this.#stats.noAgent++;
       return undefined;
     }
-    const outcome = await this.#claimedConnection(agent, { type: 'flow', service: service.config.name, source, maxDatagram }, flowEnded);
+    const outcome = await this.#claimedConnection(agent, { type: 'flow', service: service.config.name, maxDatagram }, carrierEnded);
     if (typeof outcome === 'string') {
       this.#stats[outcome]++;
       return undefined;

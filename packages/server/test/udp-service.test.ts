@@ -1,13 +1,13 @@
 import { afterEach, describe, expect, it } from '@jest/globals';
 import type { Socket } from 'node:dgram';
 import { once } from 'node:events';
-import { DatagramBatch, readDatagrams, type PoolConn } from '@pool/shared/internal';
+import { FlowWriter, readDatagrams, type PoolConn, type ReadFrame } from '@pool/shared/internal';
 import { boundUdpSocket } from '../../../tests/helpers/udp.js';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
 import { REPLY_ALLOWANCE_BYTES, UdpService, type FlowOpener, type UdpOptions } from '../src/udp-service.js';
 
-// A UdpService whose flows get real pooled connections (PoolConn pairs over a
-// real WebSocket), the agent's end of each played by the test.
+// A UdpService whose carriers are real pooled connections (PoolConn pairs over
+// a real WebSocket), the agent's end of each played by the test.
 
 const pairs: ConnPair[] = [];
 const sockets: Socket[] = [];
@@ -26,30 +26,37 @@ async function userSocket(): Promise<Socket> {
   return socket;
 }
 
-/** A listening UdpService on 127.0.0.1 whose flows take their connections from `openFlow`; errors it reports are kept in `errors`. */
-async function startService(openFlow: FlowOpener, errors: Error[] = [], udp: UdpOptions = {}): Promise<UdpService> {
-  service = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp', udp }, openFlow, (error) => errors.push(error));
+/** A listening UdpService on 127.0.0.1 whose carriers come from `openCarrier`; errors it reports are kept in `errors`. */
+async function startService(openCarrier: FlowOpener, errors: Error[] = [], udp: UdpOptions = {}): Promise<UdpService> {
+  service = new UdpService({ name: 'u', agent: 'a', publicHost: '127.0.0.1', publicPort: 0, protocol: 'udp', udp }, openCarrier, (error) => errors.push(error));
   await service.listen();
   return service;
 }
 
-/** A real pooled connection for a flow; the test plays the agent's end. */
+/** A real pooled connection for a carrier; the test plays the agent's end. */
 async function pooledPair(): Promise<ConnPair> {
   const pair = await connPair({ tls: false });
   pairs.push(pair);
   return pair;
 }
 
-/** The agent's end of a flow, echoing every datagram back. */
-function echo(agentEnd: PoolConn, maxDatagram: number): void {
-  // The relay ends a flow by destroying its connection, which the agent's end sees as an abnormal close.
-  agentEnd.on('error', () => {});
-  const batch = new DatagramBatch(agentEnd);
+/**
+ * The agent's end of a carrier, answering each datagram with what `answer`
+ * makes of it (default: the datagram itself) under the same flow number; the
+ * relay's flow-ends are kept in `ended`.
+ */
+function agentEnd(conn: PoolConn, maxDatagram: number, answer: (datagram: Buffer) => Buffer = (datagram) => datagram, ended: number[] = []): void {
+  // The relay ends a carrier by destroying its connection, which the agent's end sees as an abnormal close.
+  conn.on('error', () => {});
+  const writer = new FlowWriter(conn);
   readDatagrams(
-    agentEnd,
+    conn,
     maxDatagram,
-    (datagrams) => {
-      for (const datagram of datagrams) batch.add(datagram);
+    (frames: ReadFrame[]) => {
+      for (const { flow, datagram } of frames) {
+        if (datagram === undefined) ended.push(flow);
+        else writer.add(flow, answer(datagram));
+      }
     },
     (error) => {
       throw error;
@@ -57,10 +64,10 @@ function echo(agentEnd: PoolConn, maxDatagram: number): void {
   );
 }
 
-/** A flow's connection whose agent end echoes every datagram back. */
-async function echoingFlow(maxDatagram: number): Promise<PoolConn> {
+/** A carrier whose agent end echoes every datagram back. */
+async function echoingCarrier(maxDatagram: number): Promise<PoolConn> {
   const pair = await pooledPair();
-  echo(pair.client, maxDatagram);
+  agentEnd(pair.client, maxDatagram);
   return pair.server;
 }
 
@@ -78,26 +85,49 @@ async function exchange(user: Socket, port: number, text: string): Promise<strin
 }
 
 describe('UdpService', () => {
-  it('keeps a stalled flow from delaying another: the stalled one drops (backpressure), the other is answered in full', async () => {
-    const agentEnds = new Map<number, PoolConn>();
-    const stalledUser = await userSocket();
+  it('carries many users on a few pooled connections: 200 users, each answered with its own datagrams, on at most 4', async () => {
+    let opened = 0;
+    const udp = await startService(
+      async (_service, maxDatagram) => {
+        opened++;
+        return echoingCarrier(maxDatagram);
+      },
+      [],
+      // Every user here is 127.0.0.1.
+      { maxFlowsPerSource: 200 },
+    );
+    const users = await Promise.all(Array.from({ length: 200 }, () => userSocket()));
+    const replies = await Promise.all(users.map((user, i) => exchange(user, udp.port(), `user ${i}`)));
+    expect(replies).toEqual(users.map((_user, i) => `user ${i}`));
+    expect(opened).toBeGreaterThanOrEqual(1);
+    expect(opened).toBeLessThanOrEqual(4);
+    expect(udp.stats.udp.carriers).toBe(opened);
+    expect(udp.stats.open).toBe(200);
+  }, 30_000);
+
+  it('keeps a flooding flow from starving another on its carrier: the flood drops (backpressure), the other is answered in full', async () => {
+    const flooder = await userSocket();
     const activeUser = await userSocket();
     const errors: Error[] = [];
-    const udp = await startService(async (_service, source, maxDatagram) => {
+    const udp = await startService(async (_service, maxDatagram) => {
       const pair = await pooledPair();
-      agentEnds.set(source.port, pair.client);
-      // The stalled flow's agent never reads: its connection backs up.
-      if (source.port === stalledUser.address().port) pair.client.pause();
-      else echo(pair.client, maxDatagram);
+      agentEnd(pair.client, maxDatagram);
+      // A slow agent: the carrier backs up at the relay, and the flows take turns.
+      pair.client.on('data', () => {
+        pair.client.pause();
+        setTimeout(() => pair.client.resume(), 5);
+      });
       return pair.server;
     }, errors);
     const port = udp.port();
+    expect(await exchange(activeUser, port, 'first')).toBe('first');
 
     const flood = Buffer.alloc(1_000, 0x66);
     let flooding = true;
+    flooder.on('message', () => {});
     const floodDone = (async () => {
-      for (let round = 0; round < 60 && flooding; round++) {
-        for (let i = 0; i < 500; i++) stalledUser.send(flood, port, '127.0.0.1');
+      for (let round = 0; round < 200 && flooding; round++) {
+        for (let i = 0; i < 500; i++) flooder.send(flood, port, '127.0.0.1');
         await new Promise((resolve) => setTimeout(resolve, 5));
       }
     })();
@@ -118,20 +148,20 @@ describe('UdpService', () => {
     flooding = false;
     await floodDone;
     expect(answered).toBe(200);
-    expect(agentEnds.size).toBe(2);
+    expect(udp.stats.udp.carriers).toBe(1);
     expect(udp.stats.udp.dropped.backpressure).toBeGreaterThan(0);
     expect(udp.stats.open).toBe(2);
     expect(errors).toEqual([]);
   }, 60_000);
 
-  it('keeps at most 64 KiB of a flow while its connection is being claimed, and delivers what it kept in order', async () => {
+  it('keeps at most 64 KiB of a flow while its carrier is being claimed, and delivers what it kept in order', async () => {
     let release: () => void = () => {};
     const claimed = new Promise<void>((resolve) => (release = resolve));
     const user = await userSocket();
     const errors: Error[] = [];
-    const udp = await startService(async (_service, _source, maxDatagram) => {
+    const udp = await startService(async (_service, maxDatagram) => {
       await claimed;
-      return echoingFlow(maxDatagram);
+      return echoingCarrier(maxDatagram);
     }, errors);
     const replies: Buffer[] = [];
     user.on('message', (reply: Buffer) => replies.push(reply));
@@ -149,30 +179,31 @@ describe('UdpService', () => {
     expect(errors).toEqual([]);
   }, 30_000);
 
-  it('ends a flow whose connection closes, and opens a new one for the next datagram', async () => {
+  it('ends the flows of a carrier that closes, and opens a new carrier for the next datagram', async () => {
     let opened = 0;
     const user = await userSocket();
     const errors: Error[] = [];
-    const udp = await startService(async (_service, _source, maxDatagram) => {
+    const udp = await startService(async (_service, maxDatagram) => {
       opened++;
-      return echoingFlow(maxDatagram);
+      return echoingCarrier(maxDatagram);
     }, errors);
     expect(await exchange(user, udp.port(), 'one')).toBe('one');
     pairs[0]!.client.destroy();
     await until(() => udp.stats.open === 0);
     expect(udp.stats).toMatchObject({ open: 0, finished: 1 });
+    expect(udp.stats.udp.carriers).toBe(0);
     expect(await exchange(user, udp.port(), 'two')).toBe('two');
     expect(opened).toBe(2);
     expect(errors).toEqual([]);
   }, 30_000);
 
-  it('turns an opener that fails into a flow without a connection: reported, counted, and the next datagram tries again', async () => {
+  it('turns an opener that fails into flows without a carrier: reported, counted, and the next datagram tries again', async () => {
     let attempts = 0;
     const user = await userSocket();
     const errors: Error[] = [];
-    const udp = await startService(async (_service, _source, maxDatagram) => {
+    const udp = await startService(async (_service, maxDatagram) => {
       if (++attempts === 1) throw new Error('no agent today');
-      return echoingFlow(maxDatagram);
+      return echoingCarrier(maxDatagram);
     }, errors);
     user.send('lost', udp.port(), '127.0.0.1');
     await until(() => udp.stats.failed === 1);
@@ -196,43 +227,81 @@ describe('UdpService', () => {
     expect(udpHandles()).toBe(before);
   });
 
-  it('a full table makes room: a new user closes the least recently active flow, and is answered', async () => {
-    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { maxFlows: 3, maxFlowsPerSource: 3 });
+  it('a full table makes room: a new user closes the least recently active flow (the agent is told), and is answered', async () => {
+    const ended: number[] = [];
+    const udp = await startService(
+      async (_service, maxDatagram) => {
+        const pair = await pooledPair();
+        agentEnd(pair.client, maxDatagram, undefined, ended);
+        return pair.server;
+      },
+      [],
+      { maxFlows: 3, maxFlowsPerSource: 3 },
+    );
     const [a, b, c, d] = await Promise.all([userSocket(), userSocket(), userSocket(), userSocket()]);
     expect(await exchange(a!, udp.port(), 'a1')).toBe('a1');
     expect(await exchange(b!, udp.port(), 'b1')).toBe('b1');
     expect(await exchange(c!, udp.port(), 'c1')).toBe('c1');
-    // a is active again: b is now the least recently active flow.
+    // a is active again: b (flow 2) is now the least recently active flow.
     expect(await exchange(a!, udp.port(), 'a2')).toBe('a2');
     expect(await exchange(d!, udp.port(), 'd1')).toBe('d1');
     expect(udp.stats.udp.flowsEvicted).toBe(1);
     expect(udp.stats.open).toBe(3);
+    expect(ended).toEqual([2]);
     // b's flow went: its next datagram opens a new one (evicting c, now the least recent).
     expect(await exchange(b!, udp.port(), 'b2')).toBe('b2');
     expect(udp.stats.accepted).toBe(5);
     expect(udp.stats.udp.flowsEvicted).toBe(2);
+    expect(ended).toEqual([2, 3]);
+    expect(udp.stats.udp.carriers).toBe(1);
   });
 
-  it('one address holds at most its share of the table: its new flow replaces its own oldest, never another address\'s', async () => {
+  it("one address holds at most its share of the table: its new flow replaces its own oldest, never another address's", async () => {
     // Every user here is 127.0.0.1, so the share is what one address gets: 2 of 4 flows.
-    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { maxFlows: 4, maxFlowsPerSource: 2 });
+    const udp = await startService(async (_service, maxDatagram) => echoingCarrier(maxDatagram), [], { maxFlows: 4, maxFlowsPerSource: 2 });
     const users = await Promise.all(Array.from({ length: 5 }, () => userSocket()));
     for (const [i, user] of users.entries()) expect(await exchange(user, udp.port(), `u${i}`)).toBe(`u${i}`);
     expect(udp.stats.open).toBe(2);
     expect(udp.stats.udp.flowsEvicted).toBe(3);
   });
 
+  it("ends a flow the agent ends, and answers with an end, so that a socket its late datagrams opened there closes too", async () => {
+    let agentConn: PoolConn | undefined;
+    const ended: number[] = [];
+    const udp = await startService(async (_service, maxDatagram) => {
+      const pair = await pooledPair();
+      agentConn = pair.client;
+      agentEnd(pair.client, maxDatagram, undefined, ended);
+      return pair.server;
+    });
+    const user = await userSocket();
+    expect(await exchange(user, udp.port(), 'hello')).toBe('hello');
+    expect(udp.stats.open).toBe(1);
+    new FlowWriter(agentConn!).end(1);
+    await until(() => udp.stats.open === 0);
+    await until(() => ended.length > 0);
+    expect(ended).toEqual([1]);
+    expect(await exchange(user, udp.port(), 'again')).toBe('again');
+    expect(udp.stats.accepted).toBe(2);
+  });
+
+  it('gives an unused carrier back after the idle timeout', async () => {
+    const udp = await startService(async (_service, maxDatagram) => echoingCarrier(maxDatagram), [], { idleTimeout: 200 });
+    const user = await userSocket();
+    expect(await exchange(user, udp.port(), 'x')).toBe('x');
+    expect(udp.stats.udp.carriers).toBe(1);
+    const carrierClosed = new Promise((resolve) => pairs[0]!.client.once('close', resolve));
+    await until(() => udp.stats.udp.carriers === 0);
+    expect(udp.stats).toMatchObject({ open: 0, finished: 1 });
+    await carrierClosed;
+  });
+
   it('bounds what a flow sends its user by the bytes it heard (the reflection budget), and counts what it drops', async () => {
     // The agent's end answers every datagram with 100 times its size: a service's own amplification.
     const udp = await startService(
-      async (_service, _source, maxDatagram) => {
+      async (_service, maxDatagram) => {
         const pair = await pooledPair();
-        const batch = new DatagramBatch(pair.client);
-        readDatagrams(pair.client, maxDatagram, (datagrams) => {
-          for (const datagram of datagrams) batch.add(Buffer.alloc(datagram.length * 100, 1));
-        }, (error) => {
-          throw error;
-        });
+        agentEnd(pair.client, maxDatagram, (datagram) => Buffer.alloc(datagram.length * 100, 1));
         return pair.server;
       },
       [],
@@ -251,7 +320,7 @@ describe('UdpService', () => {
   });
 
   it('with replyRatio 0 the budget is off: every reply goes back', async () => {
-    const udp = await startService(async (_service, _source, maxDatagram) => echoingFlow(maxDatagram), [], { replyRatio: 0 });
+    const udp = await startService(async (_service, maxDatagram) => echoingCarrier(maxDatagram), [], { replyRatio: 0 });
     const user = await userSocket();
     expect(await exchange(user, udp.port(), 'x'.repeat(5_000))).toBe('x'.repeat(5_000));
     expect(udp.stats.udp.dropped.replyBudget).toBe(0);

@@ -8,7 +8,21 @@ export { offerHeaders, negotiated, confirmHeaderLines } from './wire/extensions.
 export { rawSocketOf } from './wire/pool-conn.js';
 export { sendIdFrame, receiveIdle, upgradeRejection } from './wire/handshake.js';
 export * from './wire/control.js';
-export { DATAGRAM_LENGTH_BYTES, MAX_DATAGRAM_BYTES, FLOW_WRITE_LIMIT_BYTES, frameDatagrams, readDatagrams, DatagramReader, DatagramBatch, type DatagramSink } from './wire/datagram.js';
+export {
+  DATAGRAM_HEADER_BYTES,
+  MAX_DATAGRAM_BYTES,
+  FLOW_END_LENGTH,
+  MAX_FLOW_NUMBER,
+  FLOW_QUEUE_LIMIT_BYTES,
+  CARRIER_QUEUE_LIMIT_BYTES,
+  frameDatagrams,
+  readDatagrams,
+  DatagramReader,
+  FlowWriter,
+  type FlowFrame,
+  type ReadFrame,
+  type DatagramSink,
+} from './wire/datagram.js';
 export { IdleSocket, type IdleSocketOwner } from './pool/idle-socket.js';
 export { IdleConnections } from './pool/idle-connections.js';
 export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS, DEAD_AFTER_PERIODS, type LivenessAction, type Pingable } from './pool/keep-alive.js';

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
     () => operations.shutDown(agent),
     () => {
       const s = agent.stats();
-      return `control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
+      return `control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} flow-failures=${s.flowFailures} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
     },
     numberFlag(flags, 'status-interval'),
   );

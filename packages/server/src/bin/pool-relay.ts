@@ -2,8 +2,10 @@
 import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate, parseFingerprint } from '@pool/shared/internal';
+import type { ServiceStats } from '../public-service.js';
 import { Relay } from '../relay.js';
 import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
+import type { UdpStats } from '../udp-service.js';
 
 const COMMAND = 'pool-relay';
 
@@ -16,10 +18,10 @@ async function main(): Promise<void> {
       port: { type: 'string', description: 'port for agents', default: '10101', range: PORT_RANGE },
       'public-host': { type: 'string', description: 'interface for users', default: '::' },
       'public-port': { type: 'string', description: 'port for users', default: '10080', range: PORT_RANGE },
-      udp: { type: 'boolean', description: 'the public port is UDP: each user address and port is a flow on a pooled connection of its own' },
+      udp: { type: 'boolean', description: 'the public port is UDP: each user address and port is a flow; flows share a few pooled connections' },
       'udp-idle-timeout': { type: 'string', description: 'with --udp: a flow silent both ways for this long is closed on both ends, ms', default: '60000', range: [1, MS_RANGE[1]] },
       'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a new one closes the least recently active)', default: '1024', range: [1, 1_000_000] },
-      'udp-max-flows-per-source': { type: 'string', description: "with --udp: most flows of one address (its new one closes its own least recently active; default: a quarter of --udp-max-flows)", range: [1, 1_000_000] },
+      'udp-max-flows-per-source': { type: 'string', description: "with --udp: most flows of one address (its new one closes its own least recently active; default: a sixteenth of --udp-max-flows; each flow is a socket on the agent's host)", range: [1, 1_000_000] },
       'udp-reply-ratio': { type: 'string', description: 'with --udp: a flow sends its user at most this many times the bytes it received, plus 4 KiB (0: no limit)', default: '10', range: [0, 1_000_000] },
       'udp-max-datagram': { type: 'string', description: 'with --udp: largest datagram carried, bytes (larger ones are dropped, never split)', default: '65507', range: [1, 65_507] },
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
@@ -133,7 +135,11 @@ async function main(): Promise<void> {
       const s = relay.stats();
       const udp = Object.values(s.services).filter((service) => service.udp !== undefined);
       const busy = Object.values(s.services).reduce((sum, service) => sum + (service.refused ? service.refused.serviceFull + service.refused.sourceFull : 0), 0);
-      const flows = udp.length === 0 ? '' : ` flows=${udp.reduce((sum, service) => sum + service.open, 0)} udp-dropped=${udp.reduce((sum, service) => sum + Object.values(service.udp!.dropped).reduce((a, b) => a + b, 0), 0)}`;
+      const udpSum = (of: (udp: UdpStats, service: ServiceStats) => number): number => udp.reduce((sum, service) => sum + of(service.udp!, service), 0);
+      const flows =
+        udp.length === 0
+          ? ''
+          : ` flows=${udpSum((_udp, service) => service.open)} flows-evicted=${udpSum((u) => u.flowsEvicted)} carriers=${udpSum((u) => u.carriers)} udp-dropped=${udpSum((u) => Object.values(u.dropped).reduce((a, b) => a + b, 0))}`;
       return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),

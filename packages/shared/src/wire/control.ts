@@ -43,12 +43,13 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
  * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,
  * so the relay can put a deadline on orders), `demand` (it dials for users
  * waiting at the relay), `session` (it presents the session secret on its
- * pooled upgrades), `udp` (it carries `flow`s) and `leave` (it gives its
+ * pooled upgrades), `flows` (it carries UDP `flow` carriers, many
+ * flows to a connection) and `leave` (it gives its
  * session up when it drains, so that its successor is served at once). A relay
  * uses only what the agent listed, so an older agent keeps working where it can.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
-export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'udp', 'leave'] as const;
+export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'flows', 'leave'] as const;
 export type ControlFeature = (typeof CONTROL_FEATURES)[number];
 
 /** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
@@ -57,7 +58,7 @@ export function parseControlFeatures(header: string | string[] | undefined): Set
   return new Set(CONTROL_FEATURES.filter((feature) => names.includes(feature)));
 }
 
-/** An endpoint of a user's connection: for the PROXY protocol header, and a UDP flow's source. */
+/** An endpoint of a user's connection: for the PROXY protocol header. */
 export interface Endpoint {
   address: string;
   port: number;
@@ -78,10 +79,12 @@ export interface ConnectMessage {
 }
 
 /**
- * Relay → agent: claim the pooled connection `id` for one UDP flow (one user
- * address and port) of `service`, and carry its datagrams, framed (see
- * `frameDatagrams`), between that connection and the service's target. The
- * flow ends when the connection closes.
+ * Relay → agent: claim the pooled connection `id` as a carrier of UDP flows
+ * of `service` (a flow: one user address and port). Its datagrams arrive
+ * framed with their flow number (see `frameDatagrams`); the agent sends each
+ * flow's to the target from a socket of that flow's own, and the replies back
+ * under the same number. A flow-end frame closes one flow; the carrier's
+ * close ends them all.
  */
 export interface FlowMessage {
   v: typeof CONTROL_VERSION;
@@ -89,9 +92,7 @@ export interface FlowMessage {
   id: string;
   /** Default: {@link DEFAULT_SERVICE}. */
   service?: string;
-  /** The user's address and port, for the agent's logs. */
-  source?: Endpoint;
-  /** The largest datagram either side may send on this flow, in bytes; larger ones are dropped, never split. */
+  /** The largest datagram either side may send on this carrier, in bytes; larger ones are dropped, never split. */
   maxDatagram: number;
 }
 
@@ -178,7 +179,6 @@ export function decodeControl(text: string): ControlMessage {
         type: 'flow',
         id: message.id,
         ...(service !== undefined && { service }),
-        ...(message.source !== undefined && { source: endpoint(message.source, 'source') }),
         maxDatagram,
       };
     }
