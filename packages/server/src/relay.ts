@@ -1,11 +1,13 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import {
   InvalidOptionError,
   PoolClosedError,
+  ServiceListenError,
   type DrainResult,
   type FlowMessage,
   type ConnectMessage,
@@ -107,8 +109,12 @@ export interface RelayOptions
   claimTimeout?: number;
 }
 
-/** What {@link Relay#reload} can change while the relay runs. */
-export type RelayReload = Pick<RelayOptions, 'agents' | 'services'>;
+/**
+ * What {@link Relay#reload} can change while the relay runs: agents, services,
+ * and the certificate of a relay that has TLS (a renewed one, for new
+ * connections; the agents' port and TLS itself take a restart).
+ */
+export type RelayReload = Pick<RelayOptions, 'agents' | 'services'> & { tls?: { cert: string | Buffer; key: string | Buffer } };
 
 /** Counters since start; cheap to read. */
 export interface RelayStats {
@@ -266,7 +272,7 @@ export class Relay extends ErrorCountingEmitter {
     this.#server.on('request', this.#onPlainRequest);
     this.#server.on('error', this.reportError);
     await listen(this.#server, this.#listen.port, this.#listen.host, this.#backlog);
-    for (const service of this.#serviceByName.values()) await service.listen(this.#backlog);
+    for (const service of this.#serviceByName.values()) await this.#listenService(service);
     await this.pool.ServerManager();
     this.#started = true;
     this.#startControlPing();
@@ -324,13 +330,48 @@ export class Relay extends ErrorCountingEmitter {
    * Applies a new set of agents and services without dropping open tunnels:
    * tokens rotate for new connections, an agent that is gone loses its
    * control channel and idle connections, a service that is gone stops
-   * listening (its open tunnels go on), a new one listens. Rejects with the
-   * listen error of a new service (the others are applied).
+   * listening (its open tunnels go on), a new one listens.
+   *
+   * All or nothing: every new public port is bound before anything changes,
+   * and one that cannot be (`ERR_SERVICE_LISTEN`: in use, no permission, …)
+   * rejects with the running configuration whole, so a later reload with the
+   * same file applies it once the port is free. A service that changes but
+   * keeps its port can only be bound once its old listener is closed; one
+   * that fails then is left out (the next reload tries again) and resolved
+   * in `notListening`.
    */
-  async reload(next: RelayReload): Promise<void> {
+  async reload(next: RelayReload): Promise<{ notListening: ServiceListenError[] }> {
     const identities = this.#keysNeedTls(agentIdentities(next.agents, undefined));
     // Checked before anything changes: a malformed pin leaves the running configuration whole.
     AgentSessions.check(identities);
+    if (next.tls !== undefined && !this.#tls) throw new InvalidOptionError('tls', '<certificate>', 'a relay started without TLS: it takes TLS at a restart');
+    // A key that does not match its certificate throws here, before anything changes.
+    if (next.tls !== undefined) createSecureContext({ cert: next.tls.cert, key: next.tls.key });
+    const wanted = new Map((next.services ?? []).map((service) => [service.name, service]));
+    const going = [...this.#serviceByName.values()].filter((service) => {
+      const config = wanted.get(service.config.name);
+      return config === undefined || !sameService(config, service.config);
+    });
+    const coming = [...wanted.values()].filter((config) => {
+      const running = this.#serviceByName.get(config.name);
+      return running === undefined || going.includes(running);
+    });
+    const freed = new Set(going.map((service) => publicAddress(service.config)));
+    const added = coming.map((config) => this.#publicService(config));
+    // A port the running configuration holds is only free once its service goes: bound after the switch.
+    const bindNow = added.filter((service) => !freed.has(publicAddress(service.config)));
+    if (this.#started) {
+      try {
+        for (const service of bindNow) await this.#listenService(service);
+      } catch (error) {
+        for (const service of added) service.close();
+        throw error;
+      }
+    }
+    if (next.tls !== undefined) {
+      (this.#server as HttpsServer).setSecureContext({ cert: next.tls.cert, key: next.tls.key });
+      this.logger.info({}, 'certificate reloaded: new connections get it');
+    }
     this.pool.reconfigure({ tokens: agentTokens(next.agents) ?? {} });
     for (const ended of this.#agents.update(identities, next.agents !== undefined)) {
       const control = ended.control;
@@ -338,22 +379,37 @@ export class Relay extends ErrorCountingEmitter {
       control?.ws.close(1008, next.agents?.[ended.name] ? 'the key this agent proved is no longer pinned' : 'this agent is no longer configured');
       void this.pool.Flush(ended.name);
     }
-    const wanted = new Map((next.services ?? []).map((service) => [service.name, service]));
-    for (const [name, service] of this.#serviceByName) {
-      const config = wanted.get(name);
-      if (config && sameService(config, service.config)) continue;
+    for (const service of going) {
       service.close();
-      this.#serviceByName.delete(name);
-      this.logger.info({ service: name }, 'service removed');
+      this.#serviceByName.delete(service.config.name);
+      this.logger.info({ service: service.config.name }, 'service removed');
     }
-    for (const [name, config] of wanted) {
-      if (this.#serviceByName.has(name)) continue;
-      const service = this.#publicService(config);
-      this.#serviceByName.set(name, service);
-      if (this.#started) await service.listen(this.#backlog);
-      this.logger.info({ service: name, agent: config.agent, publicPort: config.publicPort }, 'service added');
+    const notListening: ServiceListenError[] = [];
+    for (const service of added) {
+      if (this.#started && !bindNow.includes(service)) {
+        try {
+          await this.#listenService(service);
+        } catch (error) {
+          service.close();
+          notListening.push(error as ServiceListenError);
+          continue;
+        }
+      }
+      this.#serviceByName.set(service.config.name, service);
+      this.logger.info({ service: service.config.name, agent: service.config.agent, publicPort: service.config.publicPort }, 'service added');
     }
     for (const agent of this.#agents.all()) if (agent.control) this.#acceptServices(agent, agent.control.services);
+    return { notListening };
+  }
+
+  /** Binds a service's public port; `ERR_SERVICE_LISTEN`, naming the service and the port, when it cannot. */
+  async #listenService(service: PublicService | UdpService): Promise<void> {
+    try {
+      await service.listen(this.#backlog);
+    } catch (error) {
+      const { name, publicHost, publicPort, protocol } = service.config;
+      throw new ServiceListenError(name, `${protocol ?? 'tcp'} ${publicHost === undefined ? '' : publicHost.includes(':') ? `[${publicHost}]` : publicHost}:${publicPort}`, error as Error);
+    }
   }
 
   /**
@@ -695,6 +751,11 @@ function agentTokens(agents: RelayOptions['agents']): Record<string, string> | u
 function agentIdentities(agents: RelayOptions['agents'], defaultFingerprint: string | undefined): Map<string, AgentIdentity> {
   if (agents === undefined) return new Map([[DEFAULT_AGENT, defaultFingerprint === undefined ? {} : { fingerprint: defaultFingerprint }]]);
   return new Map(Object.entries(agents).map(([name, agent]) => [name, { allow: agent.allow, fingerprint: agent.fingerprint }]));
+}
+
+/** Where a service listens; a port of 0 (any free one) never collides. */
+function publicAddress(config: ServiceConfig): string {
+  return config.publicPort === 0 ? `any:${config.name}` : `${config.protocol ?? 'tcp'}|${config.publicHost ?? ''}|${config.publicPort}`;
 }
 
 function sameService(a: ServiceConfig, b: ServiceConfig): boolean {

@@ -9,6 +9,7 @@ import type { UdpStats } from '../udp-service.js';
 
 const COMMAND = 'pool-relay';
 
+
 async function main(): Promise<void> {
   const flags = parseCommandLine(
     COMMAND,
@@ -148,20 +149,36 @@ async function main(): Promise<void> {
   const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
   process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
   if (configFile !== undefined) {
+    let running = config!;
     process.on('SIGHUP', () => {
       let next: RelayConfig;
+      let tlsNext: { cert: Buffer; key: Buffer } | undefined;
       try {
         next = readConfig();
+        // Read again at every reload: a renewed certificate at the same paths is taken without a restart.
+        if (next.tls !== undefined) {
+          if (tls === undefined) throw new Error(`${configFile}: tls: this relay runs without TLS (--plain); it takes TLS at a restart`);
+          tlsNext = {
+            cert: readPemFile(next.tls.cert, `${configFile}: tls.cert`, 'CERTIFICATE'),
+            key: readPemFile(next.tls.key, `${configFile}: tls.key`, 'PRIVATE KEY'),
+          };
+        }
       } catch (error) {
-        operations.logger.error({ err: error }, 'configuration not reloaded; the running one stays');
+        operations.logger.error({ err: error }, `configuration not reloaded (${(error as Error).message}); the running one stays`);
         return;
       }
-      relay.reload(next).then(
-        () => {
+      relay.reload({ agents: next.agents, services: next.services, tls: tlsNext }).then(
+        ({ notListening }) => {
+          for (const error of notListening) operations.logger.error({ err: error }, `${error.message}: that service is left out until a reload binds it`);
+          const changed = (key: 'listen' | 'tls'): boolean => key === 'listen' ? JSON.stringify(next.listen) !== JSON.stringify(running.listen) : running.tls !== undefined && next.tls === undefined;
+          for (const key of ['listen', 'tls'] as const) {
+            if (changed(key)) operations.logger.warn({ key }, `${key} changed in ${configFile}: it takes effect at the next restart; the rest is applied`);
+          }
+          running = next;
           const reloaded = Object.entries(relay.address().publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
           process.stdout.write(`${COMMAND} reloaded services=${reloaded}\n`);
         },
-        (error: unknown) => operations.logger.error({ err: error }, 'configuration partly reloaded'),
+        (error: unknown) => operations.logger.error({ err: error }, `configuration not reloaded (${error instanceof Error ? error.message : String(error)}); the running one stays`),
       );
     });
   }

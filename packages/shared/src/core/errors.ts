@@ -189,3 +189,10 @@ export class CertificatePinError extends PoolError {
     super('ERR_TLS_CERT_PIN', `the relay's certificate has SHA-256 fingerprint ${presented}, not the pinned ${pinned}`);
   }
 }
+
+/** A service's public port could not be bound (in use, no permission, no such address); the running configuration is unchanged. */
+export class ServiceListenError extends PoolError {
+  constructor(service: string, address: string, cause: Error) {
+    super('ERR_SERVICE_LISTEN', `service ${service} cannot listen on ${address}: ${(cause as { code?: string }).code ?? cause.message}`, { cause });
+  }
+}
