@@ -11,14 +11,22 @@ import { selfSignedCert } from '../helpers/tls-cert.js';
 const pems = mkdtempSync(join(tmpdir(), 'pool-flags-'));
 const CERT = join(pems, 'relay.crt');
 const KEY = join(pems, 'relay.key');
+const CONFIG = join(pems, 'relay.yaml');
 beforeAll(async () => {
   const { cert, key } = await selfSignedCert();
   writeFileSync(CERT, cert);
   writeFileSync(KEY, key);
+  writeFileSync(CONFIG, 'listen: 127.0.0.1:0\nagents:\n  edge: { token: "flags-token-0123456789" }\nservices:\n  - { name: web, agent: edge, public: "127.0.0.1:65000" }\n');
 });
 
 const relayBase = ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0'];
 const agentBase = ['--server', '127.0.0.1:1', '--target', '127.0.0.1:2'];
+
+/** The base flags, but those a case gives itself (each base flag is followed by its value). */
+function withCase(base: string[], args: string[]): string[] {
+  const own = new Set(args.filter((arg) => arg.startsWith('--')).map((arg) => arg.split('=')[0]));
+  return [...base.flatMap((arg, i) => (i % 2 === 0 && !own.has(arg) ? [arg, base[i + 1]!] : [])), ...args];
+}
 
 const cases: Array<[string, string, string[], Record<string, string>, RegExp]> = [
   ['relay', 'an empty --allow', ['--allow', ''], {}, /--allow "": an empty allowlist/],
@@ -42,6 +50,13 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
   ['relay', 'an unknown flag', ['--prot', '1'], {}, /Unknown option '--prot'/],
   ['relay', 'a certificate and key swapped', ['--tls-cert', KEY, '--tls-key', CERT], {}, /--tls-cert \S+relay\.key: it holds a private key \(are cert and key swapped\?\)/],
   ['relay', 'a --tls-key that is no PEM', ['--tls-cert', CERT, '--tls-key', '/dev/null'], {}, /--tls-key \/dev\/null: not a PEM private key/],
+  ['relay', 'a token shorter than the file allows', ['--token', 'short'], {}, /--token: a token is at least 16 characters/],
+  ['relay', 'a UDP setting without --udp', ['--udp-idle-timeout', '1000'], {}, /--udp-idle-timeout only applies with --udp/],
+  ['relay', 'a UDP setting from the environment without --udp', [], { POOL_UDP_MAX_FLOWS: '10' }, /--udp-max-flows only applies with --udp/],
+  ['relay', 'a flag given twice', ['--port', '1', '--port', '2'], {}, /--port is given more than once/],
+  ['relay', 'a flag that the config file also sets', ['--config', CONFIG, '--port', '10101'], {}, /--port \(\S+relay\.yaml sets listen\).*: set each in one place/],
+  ['relay', 'a public port beside the services of a config file', ['--config', CONFIG, '--public-port', '8080', '--port', '0'], {}, /--public-port \(\S+relay\.yaml sets services\[\]\.public\)/],
+  ['relay', '--tls-dir with a certificate of its own', ['--tls-cert', CERT, '--tls-key', KEY, '--tls-dir', pems], {}, /--tls-dir is for a certificate the relay makes; with --tls-cert it would be ignored/],
   ['relay', 'a malformed --agent-fingerprint', ['--agent-fingerprint', 'AB:CD'], {}, /--agent-fingerprint "AB:CD": expected the SHA-256 fingerprint pool-agent printed/],
   ['relay', '--agent-fingerprint with --plain', ['--agent-fingerprint', 'ab'.repeat(32), '--plain'], {}, /--agent-fingerprint needs TLS/],
   ['agent', 'a --tls-ca that is no certificate', ['--tls-ca', '/dev/null'], {}, /--tls-ca \/dev\/null: not a PEM certificate/],
@@ -54,13 +69,14 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
   ['agent', 'a min-cap of 0', ['--min-cap', '0'], {}, /invalid --min-cap "0": expected a whole number from 1/],
   ['agent', 'an unknown tls mode', ['--tls', 'maybe'], {}, /invalid tls "maybe"/],
   ['agent', '--key-dir with a ws:// relay', ['--server', 'ws://127.0.0.1:1', '--key-dir', '/tmp'], {}, /--key-dir needs TLS/],
+  ['agent', 'a second --server (one relay per agent)', ['--server', '127.0.0.1:1', '--server', '127.0.0.1:3'], {}, /--server is given more than once/],
+  ['agent', 'a pinned certificate for a plain ws:// relay', ['--server', 'ws://127.0.0.1:1', '--tls-fingerprint', 'ab'.repeat(32)], {}, /--tls-fingerprint needs TLS, and --server ws:\/\/127\.0\.0\.1:1 is plain ws:\/\//],
   ['agent', 'a server on port 0', ['--server', 'relay.example.com:0'], {}, /invalid server "relay\.example\.com:0"/],
 ];
 
 describe('CLI flag validation', () => {
   it.each(cases)('%s refuses %s', async (which, _label, args, env, message) => {
-    const base = which === 'relay' ? relayBase : agentBase;
-    const cli = new CliProcess(which === 'relay' ? RELAY_BIN : AGENT_BIN, [...base, ...args], [], env);
+    const cli = new CliProcess(which === 'relay' ? RELAY_BIN : AGENT_BIN, withCase(which === 'relay' ? relayBase : agentBase, args), [], env);
     expect(await cli.exited).toBe(2);
     const errors = cli.lines.filter((line) => line.startsWith('stderr: '));
     expect(errors).toHaveLength(1);
@@ -82,7 +98,7 @@ describe('CLI flag validation', () => {
   });
 
   it('pnpm\'s `--` before the flags is not an argument', async () => {
-    const cli = new CliProcess(RELAY_BIN, ['--', ...relayBase, '--plain', '--status-interval', '0', '--token', 'x']);
+    const cli = new CliProcess(RELAY_BIN, ['--', ...relayBase, '--plain', '--status-interval', '0', '--token', 'pnpm-token-0123456789']);
     await cli.waitFor(/ready port=/, 10_000, true);
     expect(await cli.stop('SIGTERM')).toBe(0);
   });

@@ -160,8 +160,8 @@ describe('operating the CLIs', () => {
     const { relay, agent, port, publicPort } = await tunnel(
       echoServer(),
       // Plain ws between them, so that a raw upgrade request can be refused too.
-      ['--plain', '--metrics-port', '0', '--token', 's3cret'],
-      ['--tls', 'off', '--metrics-port', '0', '--token', 's3cret', '--min-cap', '4', '--max-cap', '4'],
+      ['--plain', '--metrics-port', '0', '--token', 's3cret-0123456789abcdef'],
+      ['--tls', 'off', '--metrics-port', '0', '--token', 's3cret-0123456789abcdef', '--min-cap', '4', '--max-cap', '4'],
     );
     const relayMetrics = Number((await relay.waitFor(/metrics-port=(\d+)/, 5_000, true))[1]);
     const agentMetrics = Number((await agent.waitFor(/metrics-port=(\d+)/, 5_000, true))[1]);

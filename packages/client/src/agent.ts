@@ -29,7 +29,7 @@ import {
   ControlMessageError,
   TOKEN_HEADER,
   checkMs,
-  upgradeRejection,
+  readUpgradeRejection,
   decodeControl,
   encodeControl,
 } from '@pool/shared/internal';
@@ -282,13 +282,13 @@ export class Agent extends ErrorCountingEmitter {
       if (!refused) this.#controlFailed(error);
     });
     ws.on('unexpected-response', (_request: ClientRequest, response: IncomingMessage) => {
-      response.resume();
       refused = true;
-      const rejection = upgradeRejection(response.statusCode ?? 0);
-      conflict = rejection instanceof AgentConnectedError;
-      if (conflict && this.#controlState !== 'left') this.#controlState = 'standby';
-      this.#controlFailed(rejection);
-      ws.terminate();
+      readUpgradeRejection(response, (rejection) => {
+        conflict = rejection instanceof AgentConnectedError;
+        if (conflict && this.#controlState !== 'left') this.#controlState = 'standby';
+        this.#controlFailed(rejection);
+        ws.terminate();
+      });
     });
     ws.on('open', () => {
       opened = true;

@@ -45,14 +45,16 @@ const UNTRUSTED_CERTIFICATE = new Set([
   'SELF_SIGNED_CERT_IN_CHAIN',
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 
 /** What to do about a failed connection to the relay, for the log line; '' when we have nothing to say. */
 export function certificateHint(code: string | undefined): string {
   if (code === 'ERR_TLS_CERT_PIN') return " (the relay's certificate is not the pinned one: it was replaced, or the pin is not the fingerprint pool-relay printed)";
   if (code !== undefined && UNTRUSTED_CERTIFICATE.has(code)) {
-    return " (the relay's certificate is not trusted here: pin the fingerprint pool-relay printed with --tls-fingerprint (tls.fingerprint), or trust a copy of it with --tls-ca (tls.ca))";
+    return " (the relay's certificate is not trusted here: pin the fingerprint pool-relay printed at start with --tls-fingerprint (tls.fingerprint), or trust a copy of it with --tls-ca (tls.ca))";
+  }
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    return " (the relay's certificate is not made for the host name or address in --server: connect by a name it lists (pool-relay --tls-name when it makes one), or pin its fingerprint with --tls-fingerprint, which checks no name)";
   }
   return '';
 }

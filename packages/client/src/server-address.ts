@@ -74,7 +74,7 @@ export function resolveRelayTarget(server: string, tls: TlsMode | undefined, ide
   }
   const secure = scheme === 'ws' ? false : scheme === 'wss' ? true : mode !== 'off';
   if (scheme === 'ws' && mode !== undefined && mode !== 'off') {
-    throw new InvalidOptionError('tls', tls, `'off' for a ws:// server (use wss:// for TLS)`);
+    throw new InvalidOptionError('tls', typeof tls === 'object' ? '<TLS options>' : tls, `'off' for a ws:// server (use wss:// for TLS)`);
   }
   if (scheme === 'wss' && mode === 'off') {
     throw new InvalidOptionError('tls', tls, `a TLS mode for a wss:// server (use ws:// for plain)`);

@@ -5,6 +5,9 @@ import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES, parseFingerprint } from '@
 import { parseAllowlist } from './allowlist.js';
 import type { UdpOptions } from './udp-service.js';
 
+/** The shortest token an agent may have: shorter ones could be guessed over the network. */
+export const MIN_TOKEN_LENGTH = 16;
+
 /** One agent the relay serves: its secret, and where it may connect from. */
 export interface AgentConfig {
   /** The agent's own secret, presented in `x-pool-token`; it also names the agent. */
@@ -119,7 +122,7 @@ export function parseRelayConfig(text: string, file: string, env: NodeJS.Process
     allowedKeys(agent, ['token', 'allow', 'fingerprint'], file, key);
     if (typeof agent.token !== 'string') throw new ConfigError(file, `${key}.token`, 'expected a secret (a string; ${VAR} for an environment variable)');
     const token = substitute(agent.token, file, `${key}.token`, env);
-    if (token.length < 16) throw new ConfigError(file, `${key}.token`, 'a token is at least 16 characters');
+    if (token.length < MIN_TOKEN_LENGTH) throw new ConfigError(file, `${key}.token`, `a token is at least ${MIN_TOKEN_LENGTH} characters`);
     const other = tokens.get(token);
     if (other !== undefined) throw new ConfigError(file, `${key}.token`, `the same as agents.${other}.token: each agent needs its own`);
     tokens.set(token, name);

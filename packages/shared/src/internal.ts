@@ -6,7 +6,7 @@ export { checkMs, checkInt, checkOrdered } from './core/options.js';
 export * from './wire/protocol.js';
 export { offerHeaders, negotiated, confirmHeaderLines } from './wire/extensions.js';
 export { rawSocketOf } from './wire/pool-conn.js';
-export { sendIdFrame, receiveIdle, upgradeRejection } from './wire/handshake.js';
+export { sendIdFrame, receiveIdle, upgradeRejection, readUpgradeRejection } from './wire/handshake.js';
 export * from './wire/control.js';
 export {
   DATAGRAM_HEADER_BYTES,

@@ -53,6 +53,8 @@ async function main(): Promise<void> {
     }),
   );
   if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
+  const pinFlag = flags['tls-ca'] !== undefined ? '--tls-ca' : flags['tls-fingerprint'] !== undefined ? '--tls-fingerprint' : undefined;
+  if (pinFlag && /^ws:\/\//i.test(String(flags.server))) throw new Error(`${pinFlag} needs TLS, and --server ${String(flags.server)} is plain ws://: give host:port or wss://`);
   const tls = tlsOf(flags['tls-ca'] as string | undefined, flags['tls-fingerprint'] as string | undefined, flags.tls as string | undefined);
   const keyDir = flags['key-dir'] === undefined ? undefined : String(flags['key-dir']);
   if (keyDir !== undefined && (tls === 'off' || tls === '0' || /^ws:\/\//i.test(String(flags.server)))) throw new Error('--key-dir needs TLS: the key is proven in the TLS handshake, and plain ws:// has none');

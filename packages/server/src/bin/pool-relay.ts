@@ -1,14 +1,22 @@
 #!/usr/bin/env node
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
+import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal, wasGiven } from '@pool/shared/cli';
 import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate, parseFingerprint } from '@pool/shared/internal';
 import type { ServiceStats } from '../public-service.js';
 import { Relay } from '../relay.js';
-import { parseRelayConfig, type RelayConfig } from '../relay-config.js';
+import { MIN_TOKEN_LENGTH, parseRelayConfig, type RelayConfig } from '../relay-config.js';
 import type { UdpStats } from '../udp-service.js';
 
 const COMMAND = 'pool-relay';
 
+
+/** Whom a certificate is for and how agents trust it: by a CA, or by pinning the fingerprint printed here. */
+function certificateSummary(pem: string | Buffer): string {
+  const certificate = new X509Certificate(pem);
+  const names = certificate.subjectAltName ?? certificate.subject;
+  return `for ${names}, SHA-256 fingerprint ${certificate.fingerprint256}: agents verify it against their CAs (or --tls-ca), or pin it with --tls-fingerprint ${certificate.fingerprint256}`;
+}
 
 async function main(): Promise<void> {
   const flags = parseCommandLine(
@@ -20,11 +28,11 @@ async function main(): Promise<void> {
       'public-host': { type: 'string', description: 'interface for users', default: '::' },
       'public-port': { type: 'string', description: 'port for users', default: '10080', range: PORT_RANGE },
       udp: { type: 'boolean', description: 'the public port is UDP: each user address and port is a flow; flows share a few pooled connections' },
-      'udp-idle-timeout': { type: 'string', description: 'with --udp: a flow silent both ways for this long is closed on both ends, ms', default: '60000', range: [1, MS_RANGE[1]] },
-      'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a new one closes the least recently active)', default: '1024', range: [1, 1_000_000] },
-      'udp-max-flows-per-source': { type: 'string', description: "with --udp: most flows of one address (its new one closes its own least recently active; default: a sixteenth of --udp-max-flows; each flow is a socket on the agent's host)", range: [1, 1_000_000] },
-      'udp-reply-ratio': { type: 'string', description: 'with --udp: a flow sends its user at most this many times the bytes it received, plus 4 KiB (0: no limit)', default: '10', range: [0, 1_000_000] },
-      'udp-max-datagram': { type: 'string', description: 'with --udp: largest datagram carried, bytes (larger ones are dropped, never split)', default: '65507', range: [1, 65_507] },
+      'udp-idle-timeout': { type: 'string', description: 'with --udp: a flow silent both ways for this long is closed on both ends, ms', default: '60000', range: [1, MS_RANGE[1]], requires: 'udp' },
+      'udp-max-flows': { type: 'string', description: 'with --udp: most flows open at once (a new one closes the least recently active)', default: '1024', range: [1, 1_000_000], requires: 'udp' },
+      'udp-max-flows-per-source': { type: 'string', description: "with --udp: most flows of one address (its new one closes its own least recently active; default: a sixteenth of --udp-max-flows; each flow is a socket on the agent's host)", range: [1, 1_000_000], requires: 'udp' },
+      'udp-reply-ratio': { type: 'string', description: 'with --udp: a flow sends its user at most this many times the bytes it received, plus 4 KiB (0: no limit)', default: '10', range: [0, 1_000_000], requires: 'udp' },
+      'udp-max-datagram': { type: 'string', description: 'with --udp: largest datagram carried, bytes (larger ones are dropped, never split)', default: '65507', range: [1, 65_507], requires: 'udp' },
       config: { type: 'string', description: 'YAML (or JSON) file of agents and services; SIGHUP reloads it (see docs/operating.md)' },
       'tls-cert': { type: 'string', description: 'PEM certificate file (without it and --plain: a generated self-signed one)' },
       'tls-key': { type: 'string', description: 'PEM private key file' },
@@ -56,6 +64,21 @@ async function main(): Promise<void> {
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
   const config = configFile === undefined ? undefined : readConfig();
   if (config && flags.token !== undefined) throw new Error(`--token: with --config, each agent has its own token in ${configFile}`);
+  // A flag the file also sets would be ignored in silence: refused instead, so the file is the one truth.
+  const setTwice = (
+    [
+      ['port', config?.listen && 'listen'],
+      ['host', config?.listen && 'listen'],
+      ['public-port', config && 'services[].public'],
+      ['public-host', config && 'services[].public'],
+      ['tls-cert', config?.tls && 'tls.cert'],
+      ['tls-key', config?.tls && 'tls.key'],
+    ] as const
+  ).filter(([flag, inFile]) => inFile && wasGiven(flags, flag));
+  if (setTwice.length > 0) throw new Error(`${setTwice.map(([flag, inFile]) => `--${flag} (${configFile} sets ${inFile})`).join(', ')}: set each in one place`);
+  if (flags.token !== undefined && String(flags.token).length < MIN_TOKEN_LENGTH) {
+    throw new Error(`--token: a token is at least ${MIN_TOKEN_LENGTH} characters (a random one: openssl rand -hex 24)`);
+  }
   if (config && flags['agent-fingerprint'] !== undefined) throw new Error(`--agent-fingerprint: with --config, each agent has its own fingerprint in ${configFile}`);
   const agentFingerprint = flags['agent-fingerprint'] === undefined ? undefined : parseFingerprint(String(flags['agent-fingerprint']));
   if (flags['agent-fingerprint'] !== undefined && agentFingerprint === undefined) {
@@ -68,6 +91,10 @@ async function main(): Promise<void> {
     if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
     const where = (name: 'cert' | 'key'): string => (config?.tls ? `${configFile}: tls.${name}` : `--tls-${name}`);
     tls = { cert: readPemFile(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPemFile(String(certFiles.key), where('key'), 'PRIVATE KEY') };
+    process.stdout.write(`${COMMAND} using the certificate in ${String(certFiles.cert)}: ${certificateSummary(tls.cert)}\n`);
+    for (const flag of ['tls-dir', 'tls-name'] as const) {
+      if (wasGiven(flags, flag)) throw new Error(`--${flag} is for a certificate the relay makes; with ${config?.tls ? `tls in ${configFile}` : '--tls-cert'} it would be ignored`);
+    }
   } else if (!flags.plain) {
     const names = String(flags['tls-name']).split(',').map((name) => name.trim()).filter(Boolean);
     if (names.length === 0) throw new Error('--tls-name: give at least one host name or IP');
@@ -174,6 +201,7 @@ async function main(): Promise<void> {
           for (const key of ['listen', 'tls'] as const) {
             if (changed(key)) operations.logger.warn({ key }, `${key} changed in ${configFile}: it takes effect at the next restart; the rest is applied`);
           }
+          if (tlsNext !== undefined) process.stdout.write(`${COMMAND} using the certificate in ${next.tls!.cert}: ${certificateSummary(tlsNext.cert)}\n`);
           running = next;
           const reloaded = Object.entries(relay.address().publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
           process.stdout.write(`${COMMAND} reloaded services=${reloaded}\n`);

@@ -15,6 +15,8 @@ export interface FlagSpec {
   multiple?: boolean;
   /** A whole number within [min, max]: checked before anything starts, like every flag. */
   range?: readonly [number, number];
+  /** A boolean flag this one only makes sense with: given (flag or env var) without it, it is an error rather than ignored. */
+  requires?: string;
 }
 
 /** The range of a duration flag, in ms: what a Node timer can hold. */
@@ -31,6 +33,14 @@ function flagError(source: string, value: unknown, expected: string): Error {
 }
 
 export type FlagValues = Record<string, string | boolean | string[] | undefined>;
+
+/** For each parse result, the flags the user gave (by flag or env var), as opposed to defaults. */
+const givenByResult = new WeakMap<FlagValues, ReadonlySet<string>>();
+
+/** Whether the user gave `name` (as a flag or its env var), rather than it holding its default. */
+export function wasGiven(values: FlagValues, name: string): boolean {
+  return givenByResult.get(values)?.has(name) ?? false;
+}
 
 /** `tls-cert` → `POOL_TLS_CERT`. */
 export function envNameOf(flag: string): string {
@@ -51,8 +61,9 @@ export function parseCommandLine(
   env: NodeJS.ProcessEnv = process.env,
 ): FlagValues | undefined {
   let values: FlagValues;
+  let tokens: ReturnType<typeof parseArgs>['tokens'];
   try {
-    ({ values } = parseArgs({
+    ({ values, tokens } = parseArgs({
       // pnpm passes the `--` of `pnpm run x -- --flag` through: it is not an argument.
       args: argv.filter((arg) => arg !== '--'),
       options: {
@@ -60,6 +71,7 @@ export function parseCommandLine(
         ...Object.fromEntries(Object.entries(flags).map(([name, spec]) => [name, { type: spec.type, multiple: spec.multiple === true }])),
       },
       strict: true,
+      tokens: true,
     }));
   } catch (error) {
     // parseArgs explains over several lines; one is enough ("--port -1": use --port=-1).
@@ -76,10 +88,19 @@ export function parseCommandLine(
     process.stdout.write(`Usage: ${command} [flags]\n\n${summary}\n\nFlags (or the env var in brackets):\n${lines.join('\n')}\n  --help, -h${' '.repeat(width - 6)} this text\n`);
     return undefined;
   }
+  // A flag that takes one value, given twice, would silently keep the last: the user meant both.
+  const seen = new Set<string>();
+  for (const token of tokens ?? []) {
+    if (token.kind !== 'option' || flags[token.name]?.multiple) continue;
+    if (seen.has(token.name)) throw new Error(`--${token.name} is given more than once; it takes one value`);
+    seen.add(token.name);
+  }
   const result: FlagValues = {};
+  const given = new Set<string>();
   for (const [name, spec] of Object.entries(flags)) {
     const fromEnv = env[envNameOf(name)];
     const fromFlag = values[name];
+    if (fromFlag !== undefined || fromEnv !== undefined) given.add(name);
     if (spec.multiple) {
       result[name] = fromFlag ?? fromEnv?.split(',').filter(Boolean) ?? [];
       continue;
@@ -100,6 +121,11 @@ export function parseCommandLine(
       }
     }
   }
+  for (const name of given) {
+    const required = flags[name]!.requires;
+    if (required !== undefined && result[required] !== true) throw new Error(`--${name} only applies with --${required}; give both, or neither`);
+  }
+  givenByResult.set(result, given);
   return result;
 }
 

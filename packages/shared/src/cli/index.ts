@@ -1,3 +1,3 @@
 // Support for the pool-relay and pool-agent commands. Not a public API.
-export { parseCommandLine, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, MS_RANGE, PORT_RANGE, type FlagSpec, type FlagValues } from './command-line.js';
+export { parseCommandLine, wasGiven, numberFlag, runUntilSignal, envNameOf, createLineLogger, serveMetrics, CliOperations, OPERATION_FLAGS, MS_RANGE, PORT_RANGE, type FlagSpec, type FlagValues } from './command-line.js';
 export { readPemFile } from './pem-file.js';

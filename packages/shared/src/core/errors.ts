@@ -40,24 +40,33 @@ export class PoolAbortedError extends PoolError {
   }
 }
 
+/** A relay's reason for a refusal, as it reads in a message: its first 200 printable characters. */
+function said(detail: string | undefined): string {
+  const text = detail?.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 200);
+  return text ? `: ${text}` : '';
+}
+
 /** The relay answered the upgrade with HTTP 503: it holds `maxCap` connections. */
 export class PoolFullError extends PoolError {
-  constructor(message = 'the relay pool is full (HTTP 503)') {
-    super('ERR_POOL_FULL', message);
+  /** @param detail What the relay said, when it said something. */
+  constructor(detail?: string) {
+    super('ERR_POOL_FULL', `the relay pool is full (HTTP 503)${said(detail)}`);
   }
 }
 
 /** The relay answered the upgrade with HTTP 403: this peer is not on its allowlist. */
 export class PoolForbiddenError extends PoolError {
-  constructor(message = 'the relay refused this client (HTTP 403)') {
-    super('ERR_POOL_FORBIDDEN', message);
+  /** @param detail What the relay said, when it said something. */
+  constructor(detail?: string) {
+    super('ERR_POOL_FORBIDDEN', `the relay refused this client (HTTP 403)${said(detail)}`);
   }
 }
 
 /** The relay answered the upgrade with HTTP 401: the token is missing or wrong. */
 export class PoolUnauthorizedError extends PoolError {
-  constructor(message = 'the relay rejected the token (HTTP 401)') {
-    super('ERR_POOL_UNAUTHORIZED', message);
+  /** @param detail What the relay said, when it said something. */
+  constructor(detail?: string) {
+    super('ERR_POOL_UNAUTHORIZED', `the relay rejected the token (HTTP 401)${said(detail)}`);
   }
 }
 
@@ -65,8 +74,9 @@ export class PoolUnauthorizedError extends PoolError {
 export class UpgradeRejectedError extends PoolError {
   readonly statusCode: number;
 
-  constructor(statusCode: number) {
-    super('ERR_UPGRADE_REJECTED', `the relay refused the WebSocket upgrade (HTTP ${statusCode})`);
+  /** @param detail What the relay said, when it said something. */
+  constructor(statusCode: number, detail?: string) {
+    super('ERR_UPGRADE_REJECTED', `the relay refused the WebSocket upgrade (HTTP ${statusCode})${said(detail)}`);
     this.statusCode = statusCode;
   }
 }

@@ -33,19 +33,49 @@ export function sendIdFrame(ws: WebSocket, id: string): void {
 }
 
 /** The typed error for a relay's non-101 answer to the upgrade. */
-export function upgradeRejection(statusCode: number): Error {
+export function upgradeRejection(statusCode: number, detail?: string): Error {
   switch (statusCode) {
     case 401:
-      return new PoolUnauthorizedError();
+      return new PoolUnauthorizedError(detail);
     case 403:
-      return new PoolForbiddenError();
+      return new PoolForbiddenError(detail);
     case 409:
       return new AgentConnectedError();
     case 503:
-      return new PoolFullError();
+      return new PoolFullError(detail);
     default:
-      return new UpgradeRejectedError(statusCode);
+      return new UpgradeRejectedError(statusCode, detail);
   }
+}
+
+/** Most of a refusal's body read for its reason, in bytes, and how long it is waited for, in ms. */
+const REFUSAL_BODY_BYTES = 512;
+const REFUSAL_BODY_MS = 2_000;
+
+/**
+ * Reads the reason a relay gives with a refused upgrade (ours says why in the
+ * body: a token that is another agent's, a key it did not present, …), at
+ * most 512 bytes and 2 s, and calls `done` once with the typed error.
+ */
+export function readUpgradeRejection(response: IncomingMessage, done: (error: Error) => void): void {
+  let body = '';
+  let settled = false;
+  const settle = (): void => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    response.destroy();
+    done(upgradeRejection(response.statusCode ?? 0, body));
+  };
+  const timer = setTimeout(settle, REFUSAL_BODY_MS);
+  response.setEncoding('utf8');
+  response.on('data', (chunk: string) => {
+    body += chunk;
+    if (body.length >= REFUSAL_BODY_BYTES) settle();
+  });
+  response.once('end', settle);
+  response.once('close', settle);
+  response.on('error', settle);
 }
 
 /**
