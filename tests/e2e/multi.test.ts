@@ -241,9 +241,13 @@ describe('one relay, two agents, several services (pool-relay --config)', () => 
     await confused.stop('SIGKILL');
     west = startAgent('west', WEST_TOKEN, { ssh: targetOf.ssh!, mail: targetOf.mail!, pv1: targetOf.pv1!, pv2: targetOf.pv2! });
     const wrong = startAgent('east', 'not-the-token-0123456789abcdef', { web: targetOf.web! });
-    await wrong.waitFor(/"level":"error".*control channel failed: the relay rejected the token \(HTTP 401\)/, 10_000, true);
+    await wrong.waitFor(/"level":"error".*control channel failed: the relay rejected the token \(HTTP 401\): wrong or missing token/, 10_000, true);
     await relay.waitFor(/"level":"warn".*control channel refused: wrong or missing token/, 10_000, true);
     await wrong.stop('SIGKILL');
+    // A real token under the wrong name: the agent is told whose it is not.
+    const misnamed = startAgent('east', WEST_TOKEN, { web: targetOf.web! });
+    await misnamed.waitFor(/"level":"error".*control channel failed: the relay rejected the token \(HTTP 401\): this token is not the token of agent east/, 10_000, true);
+    await misnamed.stop('SIGKILL');
     await relay.waitForStatus((s) => s['agents-up']!.includes('west'), 10_000);
   }, 30_000);
 
