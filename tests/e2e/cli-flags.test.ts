@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from '@jest/globals';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
 import { selfSignedCert } from '../helpers/tls-cert.js';
@@ -82,6 +83,27 @@ describe('CLI flag validation', () => {
     expect(errors).toHaveLength(1);
     expect(errors[0]).toMatch(message);
     expect(cli.lines.join('\n')).not.toMatch(/ ready | started /);
+  });
+
+  it('a port in use stops the relay with one line that names it, and no warning before it', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = String((taken.address() as AddressInfo).port);
+    try {
+      for (const [flag, message] of [
+        ['--port', new RegExp(`EADDRINUSE.*127\\.0\\.0\\.1:${port}`)],
+        ['--public-port', new RegExp(`service default cannot listen on tcp 127\\.0\\.0\\.1:${port}: EADDRINUSE`)],
+      ] as const) {
+        // Neither --token nor --allow: the warning about that comes only once the relay runs.
+        const cli = new CliProcess(RELAY_BIN, withCase(relayBase, ['--plain', flag, port]));
+        expect(await cli.exited).toBe(2);
+        const errors = cli.lines.filter((line) => line.startsWith('stderr: '));
+        expect(errors).toHaveLength(1);
+        expect(errors[0]).toMatch(message);
+      }
+    } finally {
+      taken.close();
+    }
   });
 
   it('the agent takes a ws:// server without --tls off (its default there is off)', async () => {

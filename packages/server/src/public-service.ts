@@ -25,6 +25,7 @@ export class PublicService {
   /** Its users waiting for a pooled connection now. */
   readonly waiting: WaitingUsers;
   readonly #server: Server;
+  readonly #onError: (error: Error) => void;
 
   constructor(config: ServiceConfig, limits: WaitingLimits, onUser: (user: Socket, service: PublicService) => void, onError: (error: Error) => void) {
     this.config = config;
@@ -33,15 +34,17 @@ export class PublicService {
     // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
     // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
     this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (user) => onUser(user, this));
-    this.#server.on('error', onError);
+    this.#onError = onError;
   }
 
   get listening(): boolean {
     return this.#server.listening;
   }
 
-  listen(backlog: number): Promise<void> {
-    return listen(this.#server, this.config.publicPort, this.config.publicHost, backlog);
+  /** Rejects with the listen error; only later errors go to `onError` (a failed listen is reported once, by the caller). */
+  async listen(backlog: number): Promise<void> {
+    await listen(this.#server, this.config.publicPort, this.config.publicHost, backlog);
+    this.#server.on('error', this.#onError);
   }
 
   port(): number {

@@ -270,8 +270,9 @@ export class Relay extends ErrorCountingEmitter {
     if (this.#closing) throw new PoolClosedError('the relay is closed');
     this.#server.on('upgrade', this.#onUpgrade);
     this.#server.on('request', this.#onPlainRequest);
-    this.#server.on('error', this.reportError);
     await listen(this.#server, this.#listen.port, this.#listen.host, this.#backlog);
+    // After the listen: its own failure is the rejection, reported once by the caller.
+    this.#server.on('error', this.reportError);
     for (const service of this.#serviceByName.values()) await this.#listenService(service);
     await this.pool.ServerManager();
     this.#started = true;

@@ -117,9 +117,7 @@ async function main(): Promise<void> {
     throw new Error('--plain and --tls-dir exclude each other');
   }
   const operations = new CliOperations(flags);
-  if (allow === undefined && flags.token === undefined && config === undefined) {
-    operations.logger.warn({}, 'neither --token nor --allow: any client that reaches this port can become the agent');
-  }
+
   const relay = new Relay({
     host: config?.listen ? config.listen.host : String(flags.host),
     port: config?.listen ? config.listen.port : numberFlag(flags, 'port'),
@@ -155,6 +153,10 @@ async function main(): Promise<void> {
   // First: a metrics port in use stops the relay before it listens for anyone.
   const metricsPort = await operations.serveMetrics();
   await relay.start();
+  // Once it runs: a relay that fails to start says only why.
+  if (allow === undefined && flags.token === undefined && config === undefined) {
+    operations.logger.warn({}, 'neither --token nor --allow: any client that reaches this port can become the agent');
+  }
   // Signals are handled from before the line that announces readiness: whoever reads it may signal at once.
   runUntilSignal(
     COMMAND,
