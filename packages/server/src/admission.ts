@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { TOKEN_HEADER } from '@pool/shared/internal';
@@ -106,4 +106,20 @@ export class HeadersDeadline {
     this.#timers.set(socket, timer);
     socket.once('close', () => this.met(socket));
   };
+}
+
+/**
+ * The answer to a plain HTTP request on the agents' port: `426` with
+ * `Upgrade: websocket` on a path that speaks WebSocket, `404` on any other,
+ * each with a text body, and the connection closed.
+ */
+export function answerPlainRequest(request: IncomingMessage, response: ServerResponse, webSocketPaths: readonly string[]): void {
+  const [status, body] = webSocketPaths.includes(pathOf(request.url)) ? [426, 'this endpoint speaks WebSocket only'] : [404, 'not found'];
+  response.writeHead(status, {
+    'Content-Type': 'text/plain',
+    'Content-Length': Buffer.byteLength(body),
+    Connection: 'close',
+    ...(status === 426 && { Upgrade: 'websocket' }),
+  });
+  response.end(body);
 }

@@ -27,7 +27,7 @@ import {
   listen,
   parseControlFeatures,
 } from '@pool/shared/internal';
-import { HeadersDeadline, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
+import { HeadersDeadline, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { AgentSessions, type AgentIdentity, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
 import { PublicService, type ServiceStats } from './public-service.js';
@@ -738,8 +738,7 @@ export class Relay extends ErrorCountingEmitter {
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {
     this.#headersDeadline.met(request.socket);
-    response.writeHead(426, { 'Content-Type': 'text/plain', 'Content-Length': 0, Connection: 'close' });
-    response.end();
+    answerPlainRequest(request, response, ['/', CONTROL_PATH]);
   };
 }
 

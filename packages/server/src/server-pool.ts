@@ -33,7 +33,7 @@ import {
   rawSocketOf,
   sendIdFrame,
 } from '@pool/shared/internal';
-import { HeadersDeadline, admit, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy } from './admission.js';
+import { HeadersDeadline, admit, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy } from './admission.js';
 import { parseAllowlist } from './allowlist.js';
 import { ClientGroups, type ClientGroup } from './client-groups.js';
 import { parseTokens } from './token.js';
@@ -562,13 +562,6 @@ export class ServerPool extends ErrorCountingEmitter {
 
   readonly #onPlainRequest = (request: IncomingMessage, response: ServerResponse): void => {
     this.#headersDeadline?.met(request.socket);
-    const [status, body] = pathOf(request.url) === '/' ? [426, 'this endpoint speaks WebSocket only'] : [404, 'not found'];
-    response.writeHead(status, {
-      'Content-Type': 'text/plain',
-      'Content-Length': Buffer.byteLength(body),
-      Connection: 'close',
-      ...(status === 426 && { Upgrade: 'websocket' }),
-    });
-    response.end(body);
+    answerPlainRequest(request, response, ['/']);
   };
 }

@@ -230,3 +230,17 @@ describe('Relay: agent keys, as options', () => {
     expect(Object.keys(relay.stats().agents)).toEqual(['east']);
   });
 });
+
+describe('Relay: plain HTTP on the agents\' port', () => {
+  it.each([
+    ['/', 426, 'this endpoint speaks WebSocket only'],
+    ['/control', 426, 'this endpoint speaks WebSocket only'],
+    ['/foo', 404, 'not found'],
+  ])('GET %s is answered %i with a text body, as docs/protocol.md says', async (path, status, body) => {
+    const { port } = await startRelay();
+    const response = await fetch(`http://127.0.0.1:${port}${path}`);
+    expect(response.status).toBe(status);
+    expect(await response.text()).toBe(body);
+    if (status === 426) expect(response.headers.get('upgrade')).toBe('websocket');
+  });
+});
