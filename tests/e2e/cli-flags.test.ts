@@ -106,6 +106,20 @@ describe('CLI flag validation', () => {
     }
   });
 
+  it('a SIGHUP with nothing to reload is logged, and neither the relay nor the agent stops', async () => {
+    const relay = new CliProcess(RELAY_BIN, [...relayBase, '--plain', '--status-interval', '0', '--token', 'sighup-token-0123456789']);
+    const port = (await relay.waitFor(/ready port=(\d+)/, 10_000, true))[1]!;
+    const agent = new CliProcess(AGENT_BIN, ['--server', `ws://127.0.0.1:${port}`, '--target', '127.0.0.1:2', '--token', 'sighup-token-0123456789', '--status-interval', '0']);
+    await agent.waitFor(/control connected/, 10_000, true);
+    for (const cli of [relay, agent]) {
+      const logged = cli.waitFor(/SIGHUP: .*at a restart/, 10_000);
+      cli.child.kill('SIGHUP');
+      await logged;
+    }
+    expect(await agent.stop('SIGTERM')).toBe(0);
+    expect(await relay.stop('SIGTERM')).toBe(0);
+  });
+
   it('the agent takes a ws:// server without --tls off (its default there is off)', async () => {
     const cli = new CliProcess(AGENT_BIN, ['--server', 'ws://127.0.0.1:1', '--target', '127.0.0.1:2', '--status-interval', '0']);
     await cli.waitFor(/started server=ws:\/\/127\.0\.0\.1:1/, 10_000, true);

@@ -96,6 +96,8 @@ async function main(): Promise<void> {
     },
     numberFlag(flags, 'status-interval'),
   );
+  // A reload signal (systemctl reload, a terminal closing) must not kill the agent.
+  process.on('SIGHUP', () => operations.logger.warn({}, 'SIGHUP: the agent has nothing to reload; flags change at a restart'));
   process.stdout.write(`${COMMAND} started server=${String(flags.server)} services=${serving.join(',')}${metricsPort}\n`);
 }
 

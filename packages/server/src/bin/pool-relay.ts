@@ -174,9 +174,7 @@ async function main(): Promise<void> {
     },
     numberFlag(flags, 'status-interval'),
   );
-  const { port, publicPort, publicPorts } = relay.address();
-  const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
-  process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
+  // Before the ready line, like the others: a SIGHUP sent as soon as it is read must find its handler, not kill.
   if (configFile !== undefined) {
     let running = config!;
     process.on('SIGHUP', () => {
@@ -199,9 +197,12 @@ async function main(): Promise<void> {
       relay.reload({ agents: next.agents, services: next.services, tls: tlsNext }).then(
         ({ notListening }) => {
           for (const error of notListening) operations.logger.error({ err: error }, `${error.message}: that service is left out until a reload binds it`);
-          const changed = (key: 'listen' | 'tls'): boolean => key === 'listen' ? JSON.stringify(next.listen) !== JSON.stringify(running.listen) : running.tls !== undefined && next.tls === undefined;
-          for (const key of ['listen', 'tls'] as const) {
-            if (changed(key)) operations.logger.warn({ key }, `${key} changed in ${configFile}: it takes effect at the next restart; the rest is applied`);
+          const restartOnly = [
+            ['listen', JSON.stringify(next.listen) !== JSON.stringify(running.listen)],
+            ['tls', running.tls !== undefined && next.tls === undefined],
+          ] as const;
+          for (const [key, changed] of restartOnly) {
+            if (changed) operations.logger.warn({ key }, `${key} changed in ${configFile}: it takes effect at the next restart; the rest is applied`);
           }
           if (tlsNext !== undefined) process.stdout.write(`${COMMAND} using the certificate in ${next.tls!.cert}: ${certificateSummary(tlsNext.cert)}\n`);
           running = next;
@@ -211,7 +212,12 @@ async function main(): Promise<void> {
         (error: unknown) => operations.logger.error({ err: error }, `configuration not reloaded (${error instanceof Error ? error.message : String(error)}); the running one stays`),
       );
     });
+  } else {
+    process.on('SIGHUP', () => operations.logger.warn({}, 'SIGHUP: nothing to reload without --config; flags change at a restart'));
   }
+  const { port, publicPort, publicPorts } = relay.address();
+  const services = Object.entries(publicPorts).map(([name, servicePort]) => `${name}:${servicePort}`).join(',');
+  process.stdout.write(`${COMMAND} ready port=${port} public-port=${publicPort} services=${services} tls=${tls ? 'on' : 'off'}${metricsPort}\n`);
 }
 
 main().catch((error: unknown) => {
