@@ -70,7 +70,7 @@ function listenOverflows(): number | undefined {
 const USER_LIMIT_MS = 15_000;
 
 /** `users` connections at once to `port`; each writes a few bytes and waits for the first one back. */
-async function burstAt(port: number, users: number): Promise<BurstOutcome> {
+export async function burstAt(port: number, users: number): Promise<BurstOutcome> {
   const overflowsBefore = listenOverflows();
   const times = await Promise.all(
     Array.from(

@@ -9,6 +9,7 @@ import { bursts, type BurstOutcome, type BurstRow } from './burst.js';
 import { fileDownload } from './file-download.js';
 import { floodOfWaitingUsers } from './flood.js';
 import { udpThroughTunnel } from './udp.js';
+import { wanUsers } from './wan.js';
 import { killAll } from './lib.js';
 import { downloadThroughput, duplexThroughput, fillRate, getLatency, memoryPerConnection, scale, throughTunnel, type FillRun, type MemoryRow } from './measure.js';
 import { barChart, document, lineChart } from './svg.js';
@@ -184,6 +185,25 @@ async function main(): Promise<void> {
       row.relay.rssGrowth / row.floor.rssGrowth,
       '<= 128 MiB',
       row.relay.rssGrowth <= 128 * 2 ** 20,
+    );
+  }
+
+  if (wanted('wan')) {
+    const rtt = 50;
+    console.log(`10. new users over a WAN: the relay-agent leg through a proxy adding ${rtt / 2} ms each way (RTT ${rtt} ms), beside a fresh TLS connection per user through the same proxy`);
+    const rows = await wanUsers(rtt, { oneAtATime: quick ? 10 : 30, burst: 100 });
+    results.wan = rows.map(({ burst, ...row }) => ({ ...row, burst: { ...burst, sorted: undefined } }));
+    const pool = rows.find((row) => row.system === 'pool')!;
+    const fresh = rows.find((row) => row.system === 'fresh TLS per user')!;
+    const rtts = (ms: number): string => `${ms.toFixed(0)} ms (${(ms / rtt).toFixed(2)} RTT)`;
+    check('WAN, a new user one at a time: p50', rtts(pool.oneAtATime.p50), `fresh TLS per user ${rtts(fresh.oneAtATime.p50)}`, pool.oneAtATime.p50 / fresh.oneAtATime.p50, '<= 1.3 RTT', pool.oneAtATime.p50 <= 1.3 * rtt);
+    check(
+      'WAN, a burst of 100 new users right after the agent connected: p50 / p99 (failed)',
+      `${rtts(pool.burst.p50)} / ${rtts(pool.burst.p99)} (${pool.burst.failed})`,
+      `fresh TLS per user ${rtts(fresh.burst.p50)} / ${rtts(fresh.burst.p99)} (${fresh.burst.failed})`,
+      pool.burst.p99 / fresh.burst.p99,
+      'none failed, p50 <= 2 RTT, p99 <= fresh TLS',
+      pool.burst.failed === 0 && pool.burst.p50 <= 2 * rtt && pool.burst.p99 <= fresh.burst.p99,
     );
   }
 

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { AGENT_BIN, CliProcess, RELAY_BIN } from '../helpers/processes.js';
+import { AGENT_BIN, CliProcess, RELAY_BIN, withDefaults } from '../helpers/processes.js';
 import { selfSignedCert } from '../helpers/tls-cert.js';
 
 // Bad flags and env vars: each CLI refuses them before it listens or dials,
@@ -23,11 +23,6 @@ beforeAll(async () => {
 const relayBase = ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0'];
 const agentBase = ['--server', '127.0.0.1:1', '--target', '127.0.0.1:2'];
 
-/** The base flags, but those a case gives itself (each base flag is followed by its value). */
-function withCase(base: string[], args: string[]): string[] {
-  const own = new Set(args.filter((arg) => arg.startsWith('--')).map((arg) => arg.split('=')[0]));
-  return [...base.flatMap((arg, i) => (i % 2 === 0 && !own.has(arg) ? [arg, base[i + 1]!] : [])), ...args];
-}
 
 const cases: Array<[string, string, string[], Record<string, string>, RegExp]> = [
   ['relay', 'an empty --allow', ['--allow', ''], {}, /--allow "": an empty allowlist/],
@@ -77,7 +72,7 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
 
 describe('CLI flag validation', () => {
   it.each(cases)('%s refuses %s', async (which, _label, args, env, message) => {
-    const cli = new CliProcess(which === 'relay' ? RELAY_BIN : AGENT_BIN, withCase(which === 'relay' ? relayBase : agentBase, args), [], env);
+    const cli = new CliProcess(which === 'relay' ? RELAY_BIN : AGENT_BIN, withDefaults(which === 'relay' ? relayBase : agentBase, args), [], env);
     expect(await cli.exited).toBe(2);
     const errors = cli.lines.filter((line) => line.startsWith('stderr: '));
     expect(errors).toHaveLength(1);
@@ -95,7 +90,7 @@ describe('CLI flag validation', () => {
         ['--public-port', new RegExp(`service default cannot listen on tcp 127\\.0\\.0\\.1:${port}: EADDRINUSE`)],
       ] as const) {
         // Neither --token nor --allow: the warning about that comes only once the relay runs.
-        const cli = new CliProcess(RELAY_BIN, withCase(relayBase, ['--plain', flag, port]));
+        const cli = new CliProcess(RELAY_BIN, withDefaults(relayBase, ['--plain', flag, port]));
         expect(await cli.exited).toBe(2);
         const errors = cli.lines.filter((line) => line.startsWith('stderr: '));
         expect(errors).toHaveLength(1);

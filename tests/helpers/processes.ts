@@ -94,17 +94,27 @@ export class CliProcess {
 /** Node flags that let a test ask a CLI for its heap after a full GC (see {@link CliProcess#heapUsed}). */
 export const HEAP_PROBE = ['--expose-gc', '--import', `${ROOT}build/tests/fixtures/heap-on-signal.js`];
 
+/**
+ * `defaults` (flag and value pairs) with `args` after them, but without the
+ * defaults that `args` gives itself: the CLIs refuse a flag given twice.
+ */
+export function withDefaults(defaults: string[], args: string[]): string[] {
+  const own = new Set(args.filter((arg) => arg.startsWith('--')).map((arg) => arg.split('=')[0]));
+  return [...defaults.flatMap((arg, i) => (i % 2 === 0 && !own.has(arg) ? [arg, defaults[i + 1]!] : [])), ...args];
+}
+
 export async function startRelay(args: string[] = [], nodeArgs: string[] = []): Promise<{ relay: CliProcess; port: number; publicPort: number }> {
-  const relay = new CliProcess(RELAY_BIN, ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0', ...args], nodeArgs);
+  const relay = new CliProcess(RELAY_BIN, withDefaults(['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--status-interval', '0'], args), nodeArgs);
   const match = await relay.waitFor(/ready port=(\d+) public-port=(\d+)/, 10_000, true);
   return { relay, port: Number(match[1]), publicPort: Number(match[2]) };
 }
 
 export async function startAgent(port: number, target: string, args: string[] = [], waitForControl = true, nodeArgs: string[] = []): Promise<CliProcess> {
-  const agent = new CliProcess(AGENT_BIN, [
-    '--server', `127.0.0.1:${port}`, '--target', target, '--tls', 'insecure',
-    '--min-interval', '50', '--max-interval', '1000', '--status-interval', '0', ...args,
-  ], nodeArgs);
+  const agent = new CliProcess(
+    AGENT_BIN,
+    withDefaults(['--server', `127.0.0.1:${port}`, '--target', target, '--tls', 'insecure', '--min-interval', '50', '--max-interval', '1000', '--status-interval', '0'], args),
+    nodeArgs,
+  );
   if (waitForControl) await agent.waitFor(/control connected/, 10_000, true);
   return agent;
 }

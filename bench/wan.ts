@@ -1,0 +1,149 @@
+import { ROOT, percentile, sleep, spawnUntil } from './lib.js';
+import { burstAt, type BurstOutcome } from './burst.js';
+import { generateDevCertificate } from '@pool/shared/internal';
+
+/** New users over a link with a round trip of `rttMs` between the relay's side and the agent's. */
+export interface WanRow {
+  rttMs: number;
+  system: 'pool' | 'fresh TLS per user';
+  /** Users one at a time, each timed from connect() to its echo, in ms. */
+  oneAtATime: { p50: number; p90: number; samples: number };
+  /** 100 users at once, right after the agent's pool first filled (for the fresh-TLS pair: right after it started). */
+  burst: BurstOutcome;
+}
+
+/**
+ * A TCP proxy in its own process that holds every chunk, and the end of each
+ * direction, for `oneWayMs` before passing it on: a WAN link's latency where
+ * the kernel has no netem. Equal delays keep the order of chunks.
+ */
+async function delayingProxy(targetPort: number, oneWayMs: number): Promise<{ port: number; kill: () => void }> {
+  const { child, match } = await spawnUntil(
+    [
+      '-e',
+      `const net = require('node:net');
+      const pass = (from, to) => {
+        from.on('data', (chunk) => setTimeout(() => to.write(chunk), ${oneWayMs}));
+        from.on('end', () => setTimeout(() => to.end(), ${oneWayMs}));
+        from.on('error', () => setTimeout(() => to.destroy(), ${oneWayMs}));
+        from.on('close', () => setTimeout(() => to.destroy(), ${oneWayMs} + 1));
+      };
+      net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => {
+        const upstream = net.connect({ port: ${targetPort}, host: '127.0.0.1', allowHalfOpen: true, noDelay: true });
+        pass(client, upstream);
+        pass(upstream, client);
+      }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+    ],
+    /port=(\d+)/,
+  );
+  return { port: Number(match[1]), kill: () => child.kill('SIGKILL') };
+}
+
+/** `count` users one after another: connect, send a line, time until its echo. */
+async function oneAtATime(port: number, count: number): Promise<WanRow['oneAtATime']> {
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const outcome = await burstAt(port, 1);
+    if (outcome.ok === 1) times.push(outcome.p50);
+    await sleep(100);
+  }
+  return { p50: percentile(times, 0.5), p90: percentile(times, 0.9), samples: times.length };
+}
+
+const TARGET = `require('node:net').createServer({ noDelay: true }, (s) => { s.on('error', () => {}); s.pipe(s); }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`;
+
+/**
+ * 10. A WAN between the relay's host and the agent's: the pooled leg (and the
+ * control channel) through a proxy that delays each chunk by half of `rttMs`
+ * each way; users, relay, agent and an echo target otherwise on loopback.
+ * The pair (the CLIs with their defaults) beside a fresh TLS connection per
+ * user through the same proxy (two Node processes that only pipe, TLS 1.3
+ * between them): what a pool exists to beat.
+ */
+export async function wanUsers(rttMs: number, users: { oneAtATime: number; burst: number }): Promise<WanRow[]> {
+  const target = await spawnUntil(['-e', TARGET], /port=(\d+)/);
+  const targetPort = Number(target.match[1]);
+  const rows: WanRow[] = [];
+  try {
+    {
+      const relay = await spawnUntil(
+        [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--token', 'bench-wan-token-0123456789', '--status-interval', '100', '--log-level', 'error'],
+        / ready port=(\d+) public-port=(\d+)/,
+      );
+      const link = await delayingProxy(Number(relay.match[1]), rttMs / 2);
+      const publicPort = Number(relay.match[2]);
+      try {
+        const agent = await spawnUntil(
+          [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${link.port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--token', 'bench-wan-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
+          /control connected/,
+        );
+        try {
+          // Right after the pool first filled: the relay's status line shows idle connections at the agent's capacity.
+          let lines = '';
+          relay.child.stdout!.on('data', (chunk: string) => (lines = (lines + chunk).slice(-4_000)));
+          for (let waited = 0; waited < 10_000; waited += 50) {
+            const status = [...lines.matchAll(/ idle=(\d+)\/\d+ /g)].at(-1);
+            if (status && Number(status[1]) > 0 && !/ waiting=[1-9]/.test(lines.slice(lines.lastIndexOf(' status ')))) {
+              const idle = Number(status[1]);
+              await sleep(100);
+              const again = [...lines.matchAll(/ idle=(\d+)\/\d+ /g)].at(-1);
+              if (again && Number(again[1]) === idle) break;
+            }
+            await sleep(50);
+          }
+          const burst = await burstAt(publicPort, users.burst);
+          await sleep(1_000);
+          rows.push({ rttMs, system: 'pool', burst, oneAtATime: await oneAtATime(publicPort, users.oneAtATime) });
+        } finally {
+          agent.child.kill('SIGKILL');
+        }
+      } finally {
+        link.kill();
+        relay.child.kill('SIGKILL');
+      }
+    }
+    {
+      const { cert, key } = await generateDevCertificate();
+      const far = await spawnUntil(
+        [
+          '-e',
+          `const tls = require('node:tls'); const net = require('node:net');
+          tls.createServer({ cert: ${JSON.stringify(cert)}, key: ${JSON.stringify(key)}, minVersion: 'TLSv1.3' }, (user) => {
+            const target = net.connect({ port: ${targetPort}, host: '127.0.0.1', noDelay: true });
+            user.setNoDelay(true);
+            user.on('error', () => target.destroy()); target.on('error', () => user.destroy());
+            user.pipe(target).pipe(user);
+          }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+        ],
+        /port=(\d+)/,
+      );
+      const link = await delayingProxy(Number(far.match[1]), rttMs / 2);
+      const near = await spawnUntil(
+        [
+          '-e',
+          `const tls = require('node:tls'); const net = require('node:net');
+          net.createServer({ noDelay: true }, (user) => {
+            const upstream = tls.connect({ port: ${link.port}, host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+            upstream.setNoDelay(true);
+            user.on('error', () => upstream.destroy()); upstream.on('error', () => user.destroy());
+            user.pipe(upstream).pipe(user);
+          }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+        ],
+        /port=(\d+)/,
+      );
+      try {
+        const port = Number(near.match[1]);
+        const burst = await burstAt(port, users.burst);
+        await sleep(1_000);
+        rows.push({ rttMs, system: 'fresh TLS per user', burst, oneAtATime: await oneAtATime(port, users.oneAtATime) });
+      } finally {
+        near.child.kill('SIGKILL');
+        link.kill();
+        far.child.kill('SIGKILL');
+      }
+    }
+  } finally {
+    target.child.kill('SIGKILL');
+  }
+  return rows;
+}
