@@ -94,7 +94,7 @@ describe('a kept certificate for a name other than localhost, pinned by the agen
     const { port } = await relayOn127002();
     const agent = new CliProcess(AGENT_BIN, ['--server', `127.0.0.2:${port}`, '--target', '127.0.0.1:9', '--status-interval', '0']);
     processes.push(agent);
-    await agent.waitFor(/"level":"error".*control channel failed: self-signed certificate.*pin the fingerprint pool-relay printed with --tls-fingerprint/, 10_000, true);
+    await agent.waitFor(/"level":"error".*control channel failed: self-signed certificate.*pin the fingerprint pool-relay printed at start with --tls-fingerprint/, 10_000, true);
     await agent.stop('SIGKILL');
   }, 30_000);
 

@@ -190,7 +190,8 @@ describe('faults between agent and relay', () => {
     await agent.waitForStatus((s) => Number(s.idle) >= 16, 10_000);
     await relay.stop('SIGKILL');
     await agent.waitFor(/control disconnected/, 5_000, true);
-    const dialsBefore = Number(agent.latestStatus()!.dials);
+    // A status line from after the loss: one printed before it would count the last dials of the live relay as the outage's.
+    const dialsBefore = Number((await agent.waitForStatus((s) => s.control === 'down', 5_000)).dials);
     await sleep(10_000);
     const dialsDuringOutage = Number(agent.latestStatus()!.dials) - dialsBefore;
     const started = await startRelay(['--port', String(ports.port), '--public-port', String(ports.publicPort), ...relayArgs]);

@@ -70,7 +70,7 @@ describe('a flood of users while no pooled connection is free', () => {
     recordFigure('flood', `${USERS} users x 64 KiB, cap ${cap}: relay RSS before / at the peak`, `${Math.round(before / 2 ** 20)} / ${Math.round(peak / 2 ** 20)}`, 'MiB');
     expect(peak - before).toBeLessThan(128 * 2 ** 20);
     // Those that waited are closed at the get timeout; nothing is left waiting.
-    const after = await relay.waitForStatus((s) => Number(s.waiting) === 0 && Number(s['no-connection']) >= cap, 30_000);
+    const after = await relay.waitForStatus((s) => Number(s.waiting) === 0 && Number(s['no-connection']) >= cap && Number(s.open) === 0, 30_000);
     expect(Number(after.open)).toBe(0);
     for (const socket of sockets) socket.destroy();
     recordFigure('flood', `${USERS} users x 64 KiB, cap ${cap}: relay RSS after they were gone`, Math.round(rss(relay) / 2 ** 20), 'MiB');

@@ -163,7 +163,9 @@ export class Agent extends ErrorCountingEmitter {
   readonly #targetTimeoutMs: number;
   readonly #keepAliveMs: number;
 
-  readonly #tunnels = new Set<PoolConn>();
+  readonly #tunnelById = new Map<string, PoolConn>();
+  /** Claims in progress, by connection ID: a `cancel` of the relay's stops one before it succeeds. */
+  readonly #claimsById = new Map<string, AbortController>();
   readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0 };
   readonly #flowCounters: FlowCounters = { flowsOpen: 0, flowFailures: 0, datagramsDropped: { oversized: 0, backpressure: 0 } };
   readonly #unpublishMetrics: (() => void) | undefined;
@@ -228,7 +230,7 @@ export class Agent extends ErrorCountingEmitter {
       demandDials,
       rounds,
       topUps,
-      open: this.#tunnels.size,
+      open: this.#tunnelById.size,
       idle: this.pool.Active(),
       capacity: this.pool.Capacity(),
       interval: this.pool.Interval(),
@@ -263,7 +265,7 @@ export class Agent extends ErrorCountingEmitter {
     clearInterval(this.#pingTimer);
     this.#unpublishMetrics?.();
     this.#control?.terminate();
-    for (const conn of this.#tunnels) conn.destroy();
+    for (const conn of this.#tunnelById.values()) conn.destroy();
     await this.pool.Close();
   }
 
@@ -318,6 +320,8 @@ export class Agent extends ErrorCountingEmitter {
           void this.#serve(message);
         } else if (message.type === 'flow') {
           void this.#serveFlows(message);
+        } else if (message.type === 'cancel') {
+          this.#answerCancel(message.id);
         } else if (message.type === 'demand') {
           this.#stats.demands++;
           this.pool.dialNow(message.waiting);
@@ -377,6 +381,21 @@ export class Agent extends ErrorCountingEmitter {
   }
 
   /**
+   * The relay gave up waiting for the claim of `id`. A claim still waiting for
+   * its connection stops, and the relay may carry the user's bytes elsewhere
+   * (`cancelled`: none reached a target here); a connection already claimed is
+   * the user's (`claimed` again). One this agent does not know was never
+   * claimed, or its tunnel is over and the relay heard `claimed` before.
+   */
+  #answerCancel(id: string): void {
+    const claiming = this.#claimsById.get(id);
+    claiming?.abort();
+    const answer = this.#tunnelById.has(id) ? 'claimed' : 'cancelled';
+    const control = this.#control;
+    if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: answer, id }));
+  }
+
+  /**
    * Claims the pooled connection an order names, for a service this agent
    * serves, and acknowledges the claim; undefined (counted, reported) when it
    * cannot. The connection is then a tunnel until it closes.
@@ -387,12 +406,18 @@ export class Agent extends ErrorCountingEmitter {
     const service = order.service ?? DEFAULT_SERVICE;
     const target = this.#targetByService.get(service);
     let conn: PoolConn;
+    const claiming = new AbortController();
+    this.#claimsById.set(id, claiming);
     try {
-      conn = await this.pool.OutgoingGet(id, this.#claimTimeoutMs);
+      conn = await this.pool.OutgoingGet(id, this.#claimTimeoutMs, { signal: claiming.signal });
     } catch (error) {
+      // Cancelled by the relay: it has been told, and carries the user elsewhere.
+      if (claiming.signal.aborted) return undefined;
       this.#stats.claimFailures++;
       this.reportError(error as Error);
       return undefined;
+    } finally {
+      this.#claimsById.delete(id);
     }
     conn.on('error', () => {});
     if (target === undefined) {
@@ -402,9 +427,9 @@ export class Agent extends ErrorCountingEmitter {
       conn.destroy();
       return undefined;
     }
-    this.#tunnels.add(conn);
-    conn.once('close', () => this.#tunnels.delete(conn));
-    // The relay holds its user's bytes until this arrives, and retries with another connection without it.
+    this.#tunnelById.set(id, conn);
+    conn.once('close', () => this.#tunnelById.delete(id));
+    // The relay holds its user's bytes until this arrives, and cancels the order without it.
     const control = this.#control;
     if (control?.readyState === WebSocket.OPEN) control.send(encodeControl({ v: 1, type: 'claimed', id }));
     return { conn, target };

@@ -28,6 +28,8 @@ export class ControlSession {
   /** When the agent was last heard: a message, a ping or a pong (`performance.now()`, ms). */
   lastHeard = performance.now();
   readonly #claimWaits = new Map<string, PendingGet<void>>();
+  /** Cancels asked for, by connection ID, each waiting for the agent's answer. */
+  readonly #cancelWaits = new Map<string, (answer: CancelAnswer) => void>();
   readonly #ended = new AbortController();
 
   /** The probe in flight, if any: every newcomer that arrives meanwhile waits for the same answer. */
@@ -35,7 +37,7 @@ export class ControlSession {
   #onLeave: () => void = () => {};
 
   /**
-   * @param onMisbehaved called when the agent sends anything but a well-formed `claimed` or `leave`; the channel is then closed with 1003.
+   * @param onMisbehaved called when the agent sends anything but a well-formed `claimed`, `cancelled` or `leave`; the channel is then closed with 1003.
    */
   constructor(ws: WebSocket, agentId: string, features: ReadonlySet<ControlFeature>, services: readonly string[], onMisbehaved: (error: Error) => void) {
     this.ws = ws;
@@ -59,13 +61,18 @@ export class ControlSession {
       }
       if (message?.type === 'claimed' && this.features.has('claimed')) {
         this.#claimWaits.get(message.id)?.resolve();
+        this.#cancelWaits.get(message.id)?.('claimed');
+        return;
+      }
+      if (message?.type === 'cancelled' && this.features.has('early')) {
+        this.#cancelWaits.get(message.id)?.('cancelled');
         return;
       }
       if (message?.type === 'leave' && this.features.has('leave')) {
         this.#onLeave();
         return;
       }
-      ws.close(1003, 'the relay expects only claimed and leave messages');
+      ws.close(1003, 'the relay expects only claimed, cancelled and leave messages');
     });
     ws.once('close', () => this.#ended.abort());
   }
@@ -141,4 +148,33 @@ export class ControlSession {
       this.#ended.signal.removeEventListener('abort', fail);
     });
   }
+
+  /**
+   * Asks the agent to give connection `id` up unless it has claimed it: for
+   * an order whose claim did not come in time while the user's first bytes
+   * may already be at the agent. Resolves `claimed` (it had: those bytes may
+   * be at the target, so the user stays with this connection or is reset),
+   * `cancelled` (it never will: nothing reached a target, so another
+   * connection may carry the same bytes), or `unknown` (no answer within
+   * `timeoutMs`, or the channel closed: nobody can tell).
+   */
+  cancel(id: string, timeoutMs: number): Promise<CancelAnswer> {
+    if (this.ws.readyState !== this.ws.OPEN) return Promise.resolve('unknown');
+    return new Promise<CancelAnswer>((resolve) => {
+      const done = (answer: CancelAnswer): void => {
+        clearTimeout(timer);
+        this.#cancelWaits.delete(id);
+        this.#ended.signal.removeEventListener('abort', onEnded);
+        resolve(answer);
+      };
+      const onEnded = (): void => done('unknown');
+      const timer = setTimeout(onEnded, timeoutMs);
+      this.#cancelWaits.set(id, done);
+      this.#ended.signal.addEventListener('abort', onEnded);
+      this.send({ v: 1, type: 'cancel', id });
+    });
+  }
 }
+
+/** What an agent said about a connection whose order the relay gave up on (see {@link ControlSession#cancel}). */
+export type CancelAnswer = 'claimed' | 'cancelled' | 'unknown';

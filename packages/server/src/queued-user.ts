@@ -19,12 +19,18 @@ const QUEUED_USER_BUFFER_BYTES = 16 * 1024;
  * A user leaves by closing, or by a FIN before sending anything: a client
  * that half-closes after its request (`shutdown(SHUT_WR)`) stays queued, and
  * its end-of-stream is carried once it is served.
+ *
+ * Its bytes may go to a pooled connection before the agent has claimed it
+ * (`sendEarly`), so that they travel with the order: they are kept all the
+ * same until the claim, for another connection if this one is given up.
  */
 export class QueuedUser {
   readonly socket: Socket;
   readonly #left = new AbortController();
   readonly #chunks: Buffer[] = [];
   #bytes = 0;
+  /** The connection that has every kept chunk so far, and gets the next ones as they come. */
+  #early: Duplex | undefined;
 
   constructor(socket: Socket) {
     this.socket = socket;
@@ -44,7 +50,20 @@ export class QueuedUser {
    */
   handOver(conn: Duplex): void {
     this.#stopWatching();
-    for (const chunk of this.#chunks.splice(0)) conn.write(chunk);
+    const chunks = this.#chunks.splice(0);
+    if (conn !== this.#early) for (const chunk of chunks) conn.write(chunk);
+    this.#early = undefined;
+  }
+
+  /** Writes what the user sent so far to `conn`, and what it sends next as it comes, still keeping it all. */
+  sendEarly(conn: Duplex): void {
+    this.#early = conn;
+    for (const chunk of this.#chunks) conn.write(chunk);
+  }
+
+  /** The early connection was given up: the kept bytes wait for the next one. */
+  withdrawEarly(): void {
+    this.#early = undefined;
   }
 
   /** Stops watching and closes the user's connection (no pooled connection came). */
@@ -63,6 +82,7 @@ export class QueuedUser {
 
   readonly #onData = (chunk: Buffer): void => {
     this.#chunks.push(chunk);
+    this.#early?.write(chunk);
     this.#bytes += chunk.length;
     if (this.#bytes >= QUEUED_USER_BUFFER_BYTES) this.socket.pause();
   };

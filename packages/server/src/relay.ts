@@ -132,6 +132,13 @@ export interface RelayStats {
   departed: number;
   /** Orders the agent did not claim in time (or whose connection closed first), retried with another connection. */
   claimRetries: number;
+  /**
+   * Users reset because their order was neither claimed nor cancelled (the
+   * control channel went silent or closed) after their first bytes had gone
+   * to the agent: they may have reached the target, so no other connection
+   * may carry them again.
+   */
+  lostOrders: number;
   /** Control channels taken over by a new one of the same agent because the old one no longer answered (a restart). */
   controlReplaced: number;
   /** Control upgrades refused (a wrong token or key, not an agent, too old, the agent already connected and alive). */
@@ -153,7 +160,7 @@ export interface RelayStats {
 }
 
 /** Why a user got no tunnel, as counted in the stats. */
-type NoTunnel = 'noAgent' | 'noConnection' | 'departed';
+type NoTunnel = 'noAgent' | 'noConnection' | 'departed' | 'lostOrders';
 
 /** An order for one pooled connection, but its ID: a TCP user's `connect` or a UDP user's `flow`. */
 type Order = Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>;
@@ -198,7 +205,7 @@ export class Relay extends ErrorCountingEmitter {
   readonly #userSockets = new Set<Socket>();
   readonly #claimTimeoutMs: number;
   readonly #waitingLimits: WaitingLimits;
-  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
+  readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, lostOrders: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
   /** Control refusals already logged at `warn`, by peer and reason. */
   readonly #controlRefusalsLogged = new Set<string>();
   /** Agents a demand message is due to at the end of this turn of the event loop: a burst of users makes one each. */
@@ -638,7 +645,7 @@ export class Relay extends ErrorCountingEmitter {
         destination: { address: user.localAddress ?? '', port: user.localPort ?? 0 },
       }),
     };
-    const outcome = await this.#claimedConnection(agent, order, queued.signal);
+    const outcome = await this.#claimedConnection(agent, order, queued.signal, queued);
     service.waiting.release(source);
     if (typeof outcome === 'string') {
       this.#stats[outcome]++;
@@ -661,8 +668,15 @@ export class Relay extends ErrorCountingEmitter {
    * for one user: takes an idle one, orders the agent to claim it, and tries
    * another if the agent does not acknowledge within `claimTimeout`, all
    * within `getTimeout`. Or why not.
+   *
+   * With an agent that takes them (`early`), the user's first bytes go on the
+   * connection right behind the order, so that they reach the target one
+   * link traversal after the user sent them. A claim that does not come in
+   * time is then cancelled rather than abandoned: only the agent's
+   * `cancelled` lets another connection carry the same bytes, so none
+   * reaches a target twice (docs/protocol.md, section 3).
    */
-  async #claimedConnection(agent: AgentState, order: Order, userLeft: AbortSignal): Promise<IncomingConnection | NoTunnel> {
+  async #claimedConnection(agent: AgentState, order: Order, userLeft: AbortSignal, user?: QueuedUser): Promise<IncomingConnection | NoTunnel> {
     const deadline = performance.now() + this.#getTimeoutMs;
     for (;;) {
       const remaining = deadline - performance.now();
@@ -685,7 +699,19 @@ export class Relay extends ErrorCountingEmitter {
         return missing();
       }
       const claimWindow = Math.max(1, Math.min(this.#claimTimeoutMs, deadline - performance.now()));
-      if (await control.order(incoming.conn, order, claimWindow, userLeft)) return incoming;
+      const claim = control.order(incoming.conn, order, claimWindow, userLeft);
+      const early = user !== undefined && control.features.has('early');
+      if (early) user.sendEarly(incoming.conn);
+      if (await claim) return incoming;
+      if (early && !userLeft.aborted) {
+        const answer = await control.cancel(incoming.conn.id, this.#claimTimeoutMs);
+        if (answer === 'claimed' && !incoming.conn.destroyed) return incoming;
+        if (answer !== 'cancelled') {
+          incoming.conn.destroy();
+          return 'lostOrders';
+        }
+        user.withdrawEarly();
+      }
       incoming.conn.destroy();
       if (userLeft.aborted) return 'departed';
       this.#stats.claimRetries++;

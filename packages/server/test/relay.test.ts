@@ -209,6 +209,116 @@ describe('Relay: connect orders', () => {
   });
 });
 
+describe('Relay: the user\'s first bytes travel with the order (agents with `early`)', () => {
+  const EARLY = 'claimed,demand,session,early';
+
+  it('sends the user\'s bytes on the pooled connection right behind the order, before any claim, and splices once claimed', async () => {
+    const { relay, port, publicPort } = await startRelay();
+    const { control, orders, session } = await scriptedAgent(port, EARLY);
+    const conn = await pooled(port, session);
+    await until(() => relay.pool.Active() === 1, 'a pooled connection');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    // No claim yet: the bytes are there all the same.
+    const [early] = (await once(conn, 'data')) as [Buffer];
+    expect(early.toString()).toBe('hello');
+    expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
+    socket.write(' again');
+    const [more] = (await once(conn, 'data')) as [Buffer];
+    expect(more.toString()).toBe(' again');
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
+    conn.write('reply');
+    const [reply] = (await once(socket, 'data')) as [Buffer];
+    expect(reply.toString()).toBe('reply');
+    socket.write('!');
+    const [after] = (await once(conn, 'data')) as [Buffer];
+    expect(after.toString()).toBe('!');
+    expect(relay.stats()).toMatchObject({ claimRetries: 0, lostOrders: 0 });
+  });
+
+  it('a claim that does not come in time is cancelled; on `cancelled` another connection carries the same bytes, once', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
+    const { control, orders, session } = await scriptedAgent(port, EARLY);
+    const first = await pooled(port, session);
+    const second = await pooled(port, session);
+    await until(() => relay.pool.Active() === 2, 'two pooled connections');
+    const firstClosed = nextEvent(first, 'close');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => orders.some((order) => order.type === 'cancel'), 'the cancel');
+    expect(orders.find((order) => order.type === 'cancel')).toEqual({ v: 1, type: 'cancel', id: first.id });
+    // Until the agent answers, nothing else is ordered: the bytes may be at a target.
+    await sleep(100);
+    expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
+    control.send(JSON.stringify({ v: 1, type: 'cancelled', id: first.id }));
+    await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the second connection');
+    await firstClosed;
+    const [data] = (await once(second, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
+    second.write('reply');
+    const [reply] = (await once(socket, 'data')) as [Buffer];
+    expect(reply.toString()).toBe('reply');
+    expect(relay.stats()).toMatchObject({ claimRetries: 1, lostOrders: 0 });
+  });
+
+  it('a claim that comes after the deadline but before the cancel is answered keeps the user on its connection', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
+    const { control, orders, session } = await scriptedAgent(port, EARLY);
+    const conn = await pooled(port, session);
+    await until(() => relay.pool.Active() === 1, 'a pooled connection');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => orders.some((order) => order.type === 'cancel'), 'the cancel');
+    // The agent had claimed it: the claim crosses the cancel.
+    control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
+    conn.write('reply');
+    const [reply] = (await once(socket, 'data')) as [Buffer];
+    expect(reply.toString()).toBe('reply');
+    expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
+    expect(relay.stats()).toMatchObject({ claimRetries: 0, lostOrders: 0 });
+  });
+
+  it('a pooled connection reset after the order is cancelled too, and retried only on `cancelled`', async () => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 1_000 });
+    const { control, orders, session } = await scriptedAgent(port, EARLY);
+    const doomed = await pooled(port, session);
+    await until(() => relay.pool.Active() === 1, 'a pooled connection');
+    const socket = await user(publicPort);
+    socket.write('hello');
+    await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
+    (doomed.webSocket as unknown as { _socket: Socket })._socket.resetAndDestroy();
+    await until(() => orders.some((order) => order.type === 'cancel'), 'the cancel');
+    const second = await pooled(port, session);
+    control.send(JSON.stringify({ v: 1, type: 'cancelled', id: doomed.id }));
+    await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the next connection');
+    const [data] = (await once(second, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+    expect(relay.stats().claimRetries).toBe(1);
+  });
+
+  it.each([
+    ['does not answer the cancel', (_control: WebSocket): void => {}],
+    ['loses its control channel mid-order', (control: WebSocket): void => control.terminate()],
+  ])('an agent that %s: the user is reset, counted, and no other connection gets its bytes', async (_label, misbehave) => {
+    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200, getTimeout: 3_000 });
+    const { control, orders, session } = await scriptedAgent(port, EARLY);
+    const first = await pooled(port, session);
+    const second = await pooled(port, session);
+    await until(() => relay.pool.Active() === 2, 'two pooled connections');
+    const socket = await user(publicPort);
+    const dropped = nextEvent(socket, 'end');
+    socket.write('hello');
+    await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
+    misbehave(control);
+    await dropped;
+    expect(relay.stats().lostOrders).toBe(1);
+    expect(second.bytesRead).toBe(0);
+    expect(first.bytesRead).toBe('hello'.length);
+    expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
+  });
+});
+
 describe('Relay: agent keys, as options', () => {
   const PIN = 'ab'.repeat(32);
   const TLS = { cert: 'unused', key: 'unused' };

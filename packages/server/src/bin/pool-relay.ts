@@ -170,7 +170,7 @@ async function main(): Promise<void> {
         udp.length === 0
           ? ''
           : ` flows=${udpSum((_udp, service) => service.open)} flows-evicted=${udpSum((u) => u.flowsEvicted)} carriers=${udpSum((u) => u.carriers)} udp-dropped=${udpSum((u) => Object.values(u.dropped).reduce((a, b) => a + b, 0))}`;
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
+      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} lost-orders=${s.lostOrders} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),
   );

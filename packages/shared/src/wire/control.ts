@@ -43,13 +43,15 @@ export const CLOSE_TARGET_UNREACHABLE = 4502;
  * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,
  * so the relay can put a deadline on orders), `demand` (it dials for users
  * waiting at the relay), `session` (it presents the session secret on its
- * pooled upgrades), `flows` (it carries UDP `flow` carriers, many
- * flows to a connection) and `leave` (it gives its
- * session up when it drains, so that its successor is served at once). A relay
+ * pooled upgrades), `flows` (it carries UDP `flow` carriers, many flows to a
+ * connection), `early` (it takes a user's first bytes on the pooled
+ * connection alongside the order, before its claim, and answers `cancel`) and
+ * `leave` (it gives its session up when it drains, so that its successor is
+ * served at once). A relay
  * uses only what the agent listed, so an older agent keeps working where it can.
  */
 export const CONTROL_FEATURES_HEADER = 'x-pool-control-features';
-export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'flows', 'leave'] as const;
+export const CONTROL_FEATURES = ['claimed', 'demand', 'session', 'flows', 'early', 'leave'] as const;
 export type ControlFeature = (typeof CONTROL_FEATURES)[number];
 
 /** Parses a {@link CONTROL_FEATURES_HEADER} value; unknown names are ignored. */
@@ -118,6 +120,26 @@ export interface ClaimedMessage {
   id: string;
 }
 
+/**
+ * Relay → agent: give up the pooled connection `id` unless it is claimed
+ * already. Sent for an order whose claim did not come in time while the
+ * user's first bytes may be at the agent: the agent answers `claimed` (it
+ * had, and the bytes may be at the target) or `cancelled` (it never will, so
+ * another connection may carry them).
+ */
+export interface CancelMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'cancel';
+  id: string;
+}
+
+/** Agent → relay: the answer to `cancel` for a connection it had not claimed: it closes it, and nothing of it reached a target. */
+export interface CancelledMessage {
+  v: typeof CONTROL_VERSION;
+  type: 'cancelled';
+  id: string;
+}
+
 /** Relay → agent: this many users wait for a pooled connection now (an absolute figure, not an increment). */
 export interface DemandMessage {
   v: typeof CONTROL_VERSION;
@@ -135,7 +157,16 @@ export interface LeaveMessage {
   type: 'leave';
 }
 
-export type ControlMessage = ConnectMessage | FlowMessage | ClaimedMessage | DemandMessage | SessionMessage | NoticeMessage | LeaveMessage;
+export type ControlMessage =
+  | ConnectMessage
+  | FlowMessage
+  | ClaimedMessage
+  | CancelMessage
+  | CancelledMessage
+  | DemandMessage
+  | SessionMessage
+  | NoticeMessage
+  | LeaveMessage;
 
 /** Largest `waiting` a demand message may carry. */
 export const MAX_DEMAND = 1_000_000;
@@ -183,8 +214,10 @@ export function decodeControl(text: string): ControlMessage {
       };
     }
     case 'claimed':
-      if (!isValidId(message.id)) throw new ControlMessageError('claimed without a valid id');
-      return { v: CONTROL_VERSION, type: 'claimed', id: message.id };
+    case 'cancel':
+    case 'cancelled':
+      if (!isValidId(message.id)) throw new ControlMessageError(`${message.type} without a valid id`);
+      return { v: CONTROL_VERSION, type: message.type, id: message.id };
     case 'leave':
       return { v: CONTROL_VERSION, type: 'leave' };
     case 'session':
