@@ -10,6 +10,8 @@ export interface WanRow {
   oneAtATime: { p50: number; p90: number; samples: number };
   /** 100 users at once, right after the agent's pool first filled (for the fresh-TLS pair: right after it started). */
   burst: BurstOutcome;
+  /** For the pool: from the agent's control channel connecting to its pool holding its capacity, in ms. */
+  fillMs?: number;
 }
 
 /**
@@ -74,26 +76,25 @@ export async function wanUsers(rttMs: number, users: { oneAtATime: number; burst
       const publicPort = Number(relay.match[2]);
       try {
         const agent = await spawnUntil(
-          [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${link.port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--token', 'bench-wan-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
+          [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${link.port}`, '--target', `127.0.0.1:${targetPort}`, '--tls', 'insecure', '--token', 'bench-wan-token-0123456789', '--status-interval', '20', '--log-level', 'error'],
           /control connected/,
         );
         try {
-          // Right after the pool first filled: the relay's status line shows idle connections at the agent's capacity.
-          let lines = '';
-          relay.child.stdout!.on('data', (chunk: string) => (lines = (lines + chunk).slice(-4_000)));
-          for (let waited = 0; waited < 10_000; waited += 50) {
-            const status = [...lines.matchAll(/ idle=(\d+)\/\d+ /g)].at(-1);
-            if (status && Number(status[1]) > 0 && !/ waiting=[1-9]/.test(lines.slice(lines.lastIndexOf(' status ')))) {
-              const idle = Number(status[1]);
-              await sleep(100);
-              const again = [...lines.matchAll(/ idle=(\d+)\/\d+ /g)].at(-1);
-              if (again && Number(again[1]) === idle) break;
-            }
-            await sleep(50);
-          }
+          // Right after the pool first filled: the agent's idle connections stop growing for 10 RTT (a fill round
+          // takes about 3: TCP, TLS, upgrade).
+          const connectedAt = performance.now();
+          let idle = 0;
+          let grewAt = connectedAt;
+          agent.child.stdout!.on('data', (chunk: string) => {
+            const now = Number([...chunk.matchAll(/ idle=(\d+) /g)].at(-1)?.[1] ?? idle);
+            if (now > idle) grewAt = performance.now();
+            idle = Math.max(idle, now);
+          });
+          while (performance.now() - connectedAt < 30_000 && (idle === 0 || performance.now() - grewAt < 10 * rttMs)) await sleep(10);
+          const fillMs = grewAt - connectedAt;
           const burst = await burstAt(publicPort, users.burst);
           await sleep(1_000);
-          rows.push({ rttMs, system: 'pool', burst, oneAtATime: await oneAtATime(publicPort, users.oneAtATime) });
+          rows.push({ rttMs, system: 'pool', burst, fillMs, oneAtATime: await oneAtATime(publicPort, users.oneAtATime) });
         } finally {
           agent.child.kill('SIGKILL');
         }

@@ -139,6 +139,8 @@ export interface ClientPoolStats {
 
 /** Why the manager's sleep between rounds ended. */
 type WakeReason = 'due' | 'round' | 'topUp';
+/** Quiet time after the last connection taken before a top-up dials, in ms (see `#settle`). */
+const TOP_UP_SETTLE_MS = 20;
 
 /** `new`: not started, or drained (`ClientManager()` starts it). */
 type State = 'new' | 'running' | 'draining' | 'closed';
@@ -498,8 +500,19 @@ export class ClientPool extends ErrorCountingEmitter {
   async #untilNextRound(signal: AbortSignal): Promise<void> {
     const due = performance.now() + this.#interval;
     while (!signal.aborted && (await this.#sleep(due - performance.now(), signal)) === 'topUp') {
+      await this.#settle(signal);
       await this.#topUp(signal);
     }
+  }
+
+  /**
+   * Before a top-up: lets a burst finish taking connections, for the dials'
+   * TLS handshakes would compete with its users for the CPU. Each connection
+   * taken restarts the wait; a pool down to a quarter of its capacity waits
+   * for nothing.
+   */
+  async #settle(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && this.#idle.size >= this.Capacity() / 4 && (await this.#sleep(TOP_UP_SETTLE_MS, signal)) === 'topUp');
   }
 
   /** Dials until the pool is back at its capacity, checking for room before each dial. */

@@ -35,7 +35,7 @@ async function main(): Promise<void> {
       'tls-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the relay's certificate, as pool-relay prints it: only that certificate is accepted" },
       token: { type: 'string', description: 'shared secret the relay expects' },
       'key-dir': { type: 'string', description: "keep this agent's key and certificate here (agent.key, agent.crt; made on the first start) and present them to the relay, which pins the fingerprint printed at start" },
-      'min-cap': { type: 'string', description: 'pool capacity floor', default: '4', range: [1, 1_000_000] },
+      'min-cap': { type: 'string', description: 'pool capacity floor: idle connections kept for a burst of new users', default: '128', range: [1, 1_000_000] },
       'max-cap': { type: 'string', description: 'pool capacity ceiling (a burst of demand raises the capacity up to it)', default: '256', range: [1, 1_000_000] },
       'min-interval': { type: 'string', description: 'shortest pause between fill rounds, ms', default: '100', range: MS_RANGE },
       'max-interval': { type: 'string', description: 'longest pause between fill rounds, ms', default: '5000', range: MS_RANGE },

@@ -42,7 +42,7 @@ async function main(): Promise<void> {
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
       'agent-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the agent's key, as pool-agent --key-dir prints it: a connection without that key gets nothing, token or not (with --config: agents.NAME.fingerprint)" },
-      'max-cap': { type: 'string', description: 'most idle pooled connections (users waiting for one add room)', default: '256', range: [1, 1_000_000] },
+      'max-cap': { type: 'string', description: 'most idle pooled connections, all agents together (users waiting for one add room)', default: '1024', range: [1, 1_000_000] },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
       'max-waiting': { type: 'string', description: 'most users of one TCP service waiting for a pooled connection at once (more are closed at once, counted)', default: '1024', range: [1, 1_000_000] },
       'max-waiting-per-source': { type: 'string', description: 'of those, most from one address', default: '512', range: [1, 1_000_000] },
