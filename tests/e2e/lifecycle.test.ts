@@ -26,7 +26,7 @@ describe('every tunnel ends, in every close order (relay and agent as processes)
   let baseline: { relay: number; agent: number };
 
   const settled = async (): Promise<void> => {
-    await relay.waitForStatus((s) => s.open === '0' && s.waiting === '0' && s.idle === '8/256', 10_000);
+    await relay.waitForStatus((s) => s.open === '0' && s.waiting === '0' && s.idle === '8/1024', 10_000);
     await agent.waitForStatus((s) => s.open === '0' && s.idle === '8', 10_000);
   };
 
@@ -178,7 +178,7 @@ describe('recovery and bursts with the CLIs\' defaults', () => {
     processes.push(relay);
     const agent = await startAgent(port, target, ['--status-interval', '50', '--min-cap', '1', '--max-cap', '64', '--min-interval', '5000', '--max-interval', '5000']);
     processes.push(agent);
-    await relay.waitForStatus((s) => s.idle === '1/256', 10_000);
+    await relay.waitForStatus((s) => s.idle === '1/1024', 10_000);
     const payloads = Array.from({ length: 50 }, () => randomBytes(1024));
     const started = Date.now();
     const echoed = await Promise.all(payloads.map((payload) => echoThrough(publicPort, payload))).catch((error: Error) => {

@@ -58,7 +58,7 @@ async function tunnels(count: number): Promise<number> {
 
 /** Once nothing is open and both pools are full again: fds and heap of both processes. */
 async function quiescent(): Promise<{ relayFds: number; agentFds: number; relayHeap: number; agentHeap: number }> {
-  await relay.waitForStatus((s) => s.open === '0' && s.waiting === '0' && s.idle === '16/256', 15_000);
+  await relay.waitForStatus((s) => s.open === '0' && s.waiting === '0' && s.idle === '16/1024', 15_000);
   await agent.waitForStatus((s) => s.open === '0' && s.idle === '16', 15_000);
   return { relayFds: relay.fds(), agentFds: agent.fds(), relayHeap: await relay.heapUsed(), agentHeap: await agent.heapUsed() };
 }
