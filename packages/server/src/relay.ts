@@ -301,6 +301,19 @@ export class Relay extends ErrorCountingEmitter {
     };
   }
 
+  /**
+   * Whether service `name` can serve a user now: it listens, and its agent is
+   * on its control channel and serves it. For a load balancer's health check:
+   * a relay whose agent is not back yet (after a restart) would only make its
+   * users wait. Undefined for a service this relay does not have.
+   */
+  serviceReady(name: string): boolean | undefined {
+    const service = this.#serviceByName.get(name);
+    if (service === undefined) return undefined;
+    const agent = this.#agents.get(service.config.agent);
+    return service.listening && agent?.control !== undefined && agent.services.has(name);
+  }
+
   stats(): RelayStats {
     const agents: RelayStats['agents'] = {};
     for (const agent of this.#agents.all()) {

@@ -26,7 +26,11 @@ async function main(): Promise<void> {
     COMMAND,
     'The private half of a tunnel: keeps pooled connections to the relay at --server and connects each\ntunnel the relay opens to --target.',
     {
-      server: { type: 'string', description: 'the relay, host:port or ws(s)://host:port (required)' },
+      server: {
+        type: 'string',
+        multiple: true,
+        description: 'a relay, host:port or ws(s)://host:port (required; give several to serve through each, with a pool and a control channel per relay)',
+      },
       target: { type: 'string', description: "the local service, host:port: the relay's service `default` (this, or --service); reached over UDP when the relay's service is UDP" },
       service: { type: 'string', multiple: true, description: 'a service this agent serves, name=host:port (TCP, or UDP when the relay says so)' },
       name: { type: 'string', description: "this agent's name in the relay's configuration (checked against its token)" },
@@ -52,12 +56,15 @@ async function main(): Promise<void> {
       return [name, target];
     }),
   );
-  if (!flags.server || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
+  const servers = flags.server as string[];
+  if (servers.length === 0 || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
+  if (new Set(servers).size < servers.length) throw new Error(`--server ${servers.join(' ')}: a relay is given twice`);
   const pinFlag = flags['tls-ca'] !== undefined ? '--tls-ca' : flags['tls-fingerprint'] !== undefined ? '--tls-fingerprint' : undefined;
-  if (pinFlag && /^ws:\/\//i.test(String(flags.server))) throw new Error(`${pinFlag} needs TLS, and --server ${String(flags.server)} is plain ws://: give host:port or wss://`);
+  const plain = servers.find((server) => /^ws:\/\//i.test(server));
+  if (pinFlag && plain !== undefined) throw new Error(`${pinFlag} needs TLS, and --server ${plain} is plain ws://: give host:port or wss://`);
   const tls = tlsOf(flags['tls-ca'] as string | undefined, flags['tls-fingerprint'] as string | undefined, flags.tls as string | undefined);
   const keyDir = flags['key-dir'] === undefined ? undefined : String(flags['key-dir']);
-  if (keyDir !== undefined && (tls === 'off' || tls === '0' || /^ws:\/\//i.test(String(flags.server)))) throw new Error('--key-dir needs TLS: the key is proven in the TLS handshake, and plain ws:// has none');
+  if (keyDir !== undefined && (tls === 'off' || tls === '0' || plain !== undefined)) throw new Error('--key-dir needs TLS: the key is proven in the TLS handshake, and plain ws:// has none');
   const identity = keyDir === undefined ? undefined : await keptCertificate(keyDir, [], 'agent');
   if (identity) {
     process.stdout.write(
@@ -66,39 +73,51 @@ async function main(): Promise<void> {
     );
   }
   const operations = new CliOperations(flags);
-  const agent = new Agent({
-    server: String(flags.server),
-    target: flags.target === undefined ? undefined : String(flags.target),
-    services,
-    name: flags.name === undefined ? undefined : String(flags.name),
-    tls,
-    token: flags.token === undefined ? undefined : String(flags.token),
-    ...(identity && { identity: { cert: identity.cert, key: identity.key } }),
-    minCap: numberFlag(flags, 'min-cap'),
-    maxCap: numberFlag(flags, 'max-cap'),
-    minInterval: numberFlag(flags, 'min-interval'),
-    maxInterval: numberFlag(flags, 'max-interval'),
-    keepAlive: numberFlag(flags, 'keep-alive'),
-    metrics: operations.metrics,
-    logger: operations.logger,
+  // One agent per relay: a pool, a control channel and a back-off of its own, so that one relay down changes nothing for the others.
+  const agents = servers.map((server) => {
+    const agent = new Agent({
+      server,
+      target: flags.target === undefined ? undefined : String(flags.target),
+      services,
+      name: flags.name === undefined ? undefined : String(flags.name),
+      tls,
+      token: flags.token === undefined ? undefined : String(flags.token),
+      ...(identity && { identity: { cert: identity.cert, key: identity.key } }),
+      minCap: numberFlag(flags, 'min-cap'),
+      maxCap: numberFlag(flags, 'max-cap'),
+      minInterval: numberFlag(flags, 'min-interval'),
+      maxInterval: numberFlag(flags, 'max-interval'),
+      keepAlive: numberFlag(flags, 'keep-alive'),
+      // Several relays: each one's series carry its address as their `pool` label.
+      metrics: operations.metrics && { ...operations.metrics, ...(servers.length > 1 && { name: server }) },
+      logger: operations.logger,
+    });
+    agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'} relay=${server}\n`));
+    return { server, agent };
   });
-  agent.on('control', (up: boolean) => process.stdout.write(`${COMMAND} control ${up ? 'connected' : 'disconnected'}\n`));
   const metricsPort = await operations.serveMetrics();
-  agent.start();
+  for (const { agent } of agents) agent.start();
   const serving = [...(flags.target === undefined ? [] : [`default=${String(flags.target)}`]), ...Object.entries(services).map(([name, target]) => `${name}=${target}`)];
   // Signals are handled from before the line that announces the start: whoever reads it may signal at once.
   runUntilSignal(
     COMMAND,
-    () => operations.shutDown(agent),
-    () => {
-      const s = agent.stats();
-      return `control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} flow-failures=${s.flowFailures} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
-    },
+    () =>
+      operations.shutDown({
+        drain: (timeoutMs) => Promise.all(agents.map(({ agent }) => agent.drain(timeoutMs))),
+        close: async () => {
+          await Promise.all(agents.map(({ agent }) => agent.close()));
+        },
+      }),
+    () =>
+      agents.map(({ server, agent }) => {
+        const s = agent.stats();
+        return `relay=${server} control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} flow-failures=${s.flowFailures} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
+      }),
     numberFlag(flags, 'status-interval'),
   );
   // A reload signal (systemctl reload, a terminal closing) must not kill the agent.
   process.on('SIGHUP', () => operations.logger.warn({}, 'SIGHUP: the agent has nothing to reload; flags change at a restart'));
-  process.stdout.write(`${COMMAND} started server=${String(flags.server)} services=${serving.join(',')}${metricsPort}\n`);
+  process.stdout.write(`${COMMAND} started server=${servers.join(',')} services=${serving.join(',')}${metricsPort}\n`);
 }
 
 main().catch((error: unknown) => {

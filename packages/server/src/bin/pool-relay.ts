@@ -151,7 +151,15 @@ async function main(): Promise<void> {
   });
   relay.on('agent', (up: boolean, name: string) => process.stdout.write(`${COMMAND} agent ${name} ${up ? 'connected' : 'disconnected'}\n`));
   // First: a metrics port in use stops the relay before it listens for anyone.
-  const metricsPort = await operations.serveMetrics();
+  // Health checks for a load balancer in front of several relays: GET /health/NAME is 200 while service NAME can serve users.
+  const metricsPort = await operations.serveMetrics((path) => {
+    if (path === '/health') return { status: 200, body: 'ok' };
+    const name = /^\/health\/([A-Za-z0-9._-]{1,63})$/.exec(path)?.[1];
+    if (name === undefined) return undefined;
+    const ready = relay.serviceReady(name);
+    if (ready === undefined) return { status: 404, body: `no service ${name}` };
+    return ready ? { status: 200, body: `${name}: up` } : { status: 503, body: `${name}: no agent serving it` };
+  });
   await relay.start();
   // Once it runs: a relay that fails to start says only why.
   if (allow === undefined && flags.token === undefined && config === undefined) {

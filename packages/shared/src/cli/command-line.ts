@@ -140,11 +140,14 @@ export function numberFlag(values: FlagValues, name: string): number {
 
 /**
  * Runs `close` on the first SIGINT/SIGTERM and exits 0 when it finishes (1 if
- * it throws); a second signal exits at once. Prints a status line every
- * `statusMs` (0: never).
+ * it throws); a second signal exits at once. Prints the status line (or
+ * lines: one per relay of an agent) every `statusMs` (0: never).
  */
-export function runUntilSignal(command: string, close: () => Promise<void>, status: () => string, statusMs: number): void {
-  const ticker = statusMs > 0 ? setInterval(() => process.stdout.write(`${command} status ${status()}\n`), statusMs) : undefined;
+export function runUntilSignal(command: string, close: () => Promise<void>, status: () => string | string[], statusMs: number): void {
+  const print = (): void => {
+    for (const line of [status()].flat()) process.stdout.write(`${command} status ${line}\n`);
+  };
+  const ticker = statusMs > 0 ? setInterval(print, statusMs) : undefined;
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) process.exit(1);
@@ -186,14 +189,23 @@ export function createLineLogger(level: string, write: (line: string) => void): 
   return { debug: at(0, 'debug'), info: at(1, 'info'), warn: at(2, 'warn'), error: at(3, 'error') };
 }
 
+/** An answer to a `GET` beside `/metrics` (a health check), or undefined for 404. */
+export type ExtraRoute = (path: string) => { status: number; body: string } | undefined;
+
 /**
- * Serves `registry` in the Prometheus text format on `GET /metrics` (404 for
- * anything else). Resolves once listening; rejects with the listen error.
- * Later server errors go to `onError`.
+ * Serves `registry` in the Prometheus text format on `GET /metrics`, and
+ * what `extra` answers for other paths (404 for anything else). Resolves once
+ * listening; rejects with the listen error. Later server errors go to `onError`.
  */
-export async function serveMetrics(registry: Registry, host: string, port: number, onError: (error: Error) => void): Promise<Server> {
+export async function serveMetrics(registry: Registry, host: string, port: number, onError: (error: Error) => void, extra?: ExtraRoute): Promise<Server> {
   const server = createServer((request, response) => {
-    if (request.method !== 'GET' || request.url?.split('?', 1)[0] !== '/metrics') {
+    const path = request.url?.split('?', 1)[0] ?? '/';
+    const answer = request.method === 'GET' && path !== '/metrics' ? extra?.(path) : undefined;
+    if (answer !== undefined) {
+      response.writeHead(answer.status, { 'Content-Type': 'text/plain', 'Cache-Control': 'no-store' }).end(`${answer.body}\n`);
+      return;
+    }
+    if (request.method !== 'GET' || path !== '/metrics') {
       response.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found');
       return;
     }
@@ -243,12 +255,16 @@ export class CliOperations {
     this.#drainTimeoutMs = numberFlag(flags, 'drain-timeout');
   }
 
-  /** Starts the metrics server if asked; returns ` metrics-port=N` for the ready line, or ''. */
-  async serveMetrics(): Promise<string> {
+  /** Starts the metrics server if asked (with `extra` routes beside `/metrics`); returns ` metrics-port=N` for the ready line, or ''. */
+  async serveMetrics(extra?: ExtraRoute): Promise<string> {
     if (this.metrics === undefined) return '';
     const flags = this.#flags;
-    this.#metricsServer = await serveMetrics(this.metrics.registry, String(flags['metrics-host']), numberFlag(flags, 'metrics-port'), (error) =>
-      this.logger.error({ err: error }, 'metrics server failed'),
+    this.#metricsServer = await serveMetrics(
+      this.metrics.registry,
+      String(flags['metrics-host']),
+      numberFlag(flags, 'metrics-port'),
+      (error) => this.logger.error({ err: error }, 'metrics server failed'),
+      extra,
     );
     return ` metrics-port=${(this.#metricsServer.address() as AddressInfo).port}`;
   }
