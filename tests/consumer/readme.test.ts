@@ -42,6 +42,7 @@ declare function pino(): Logger;
 declare function tellAgent(client: string | undefined, count: number): void;
 declare const idFromRelay: string;
 declare const signal: AbortSignal;
+declare const token: string;
 `;
 
 describe('the packed packages, installed with npm outside the workspace', () => {
