@@ -41,7 +41,7 @@ export interface BurstFloor {
 }
 
 /** CPU time (user and system, all threads) a process has used, in ms, from `/proc`; undefined off Linux. */
-function cpuMsOf(pid: number | undefined): number | undefined {
+export function cpuMsOf(pid: number | undefined): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // After the command name, which may hold spaces: utime and stime are the 12th and 13th fields, in clock ticks (100/s).

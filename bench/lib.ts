@@ -1,5 +1,6 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { generateDevCertificate } from '@pool/shared/internal';
 import type { Role, RoleMessage } from './roles.js';
 
 const ROLES = fileURLToPath(new URL('./roles.js', import.meta.url));
@@ -111,4 +112,51 @@ export async function plainForwarders(targetPort: number, hops: number): Promise
     port = forwarder.port;
   }
   return { kill: () => chain.forEach((child) => child.kill('SIGKILL')), port };
+}
+
+/**
+ * The Node TLS pipe: two Node processes that only `pipe`, user -> near -> far
+ * -> target, TLS 1.3 (EC P-256) between them, one TLS connection per user.
+ * The cheapest thing that could stand where a relay and an agent stand, with
+ * the same cryptography; `linkPort` puts something (a delaying proxy) between
+ * near and far. `port` is near's; `pids` are both processes'.
+ */
+export async function nodeTlsPipe(targetPort: number, link?: (farPort: number) => Promise<number>): Promise<{ port: number; pids: number[]; kill: () => void }> {
+  const { cert, key } = await generateDevCertificate();
+  const far = await spawnUntil(
+    [
+      '-e',
+      `const tls = require('node:tls'); const net = require('node:net');
+      tls.createServer({ cert: ${JSON.stringify(cert)}, key: ${JSON.stringify(key)}, minVersion: 'TLSv1.3' }, (user) => {
+        const target = net.connect({ port: ${targetPort}, host: '127.0.0.1', noDelay: true });
+        user.setNoDelay(true);
+        user.on('error', () => target.destroy()); target.on('error', () => user.destroy());
+        user.pipe(target).pipe(user);
+      }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+    ],
+    /port=(\d+)/,
+  );
+  const farPort = Number(far.match[1]);
+  const upstream = link === undefined ? farPort : await link(farPort);
+  const near = await spawnUntil(
+    [
+      '-e',
+      `const tls = require('node:tls'); const net = require('node:net');
+      net.createServer({ noDelay: true }, (user) => {
+        const upstream = tls.connect({ port: ${upstream}, host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+        upstream.setNoDelay(true);
+        user.on('error', () => upstream.destroy()); upstream.on('error', () => user.destroy());
+        user.pipe(upstream).pipe(user);
+      }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
+    ],
+    /port=(\d+)/,
+  );
+  return {
+    port: Number(near.match[1]),
+    pids: [near.child.pid!, far.child.pid!],
+    kill: () => {
+      near.child.kill('SIGKILL');
+      far.child.kill('SIGKILL');
+    },
+  };
 }

@@ -1,6 +1,5 @@
-import { ROOT, percentile, sleep, spawnUntil } from './lib.js';
+import { ROOT, nodeTlsPipe, percentile, sleep, spawnUntil } from './lib.js';
 import { burstAt, type BurstOutcome } from './burst.js';
-import { generateDevCertificate } from '@pool/shared/internal';
 
 /** New users over a link with a round trip of `rttMs` between the relay's side and the agent's. */
 export interface WanRow {
@@ -104,43 +103,18 @@ export async function wanUsers(rttMs: number, users: { oneAtATime: number; burst
       }
     }
     {
-      const { cert, key } = await generateDevCertificate();
-      const far = await spawnUntil(
-        [
-          '-e',
-          `const tls = require('node:tls'); const net = require('node:net');
-          tls.createServer({ cert: ${JSON.stringify(cert)}, key: ${JSON.stringify(key)}, minVersion: 'TLSv1.3' }, (user) => {
-            const target = net.connect({ port: ${targetPort}, host: '127.0.0.1', noDelay: true });
-            user.setNoDelay(true);
-            user.on('error', () => target.destroy()); target.on('error', () => user.destroy());
-            user.pipe(target).pipe(user);
-          }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
-        ],
-        /port=(\d+)/,
-      );
-      const link = await delayingProxy(Number(far.match[1]), rttMs / 2);
-      const near = await spawnUntil(
-        [
-          '-e',
-          `const tls = require('node:tls'); const net = require('node:net');
-          net.createServer({ noDelay: true }, (user) => {
-            const upstream = tls.connect({ port: ${link.port}, host: '127.0.0.1', rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-            upstream.setNoDelay(true);
-            user.on('error', () => upstream.destroy()); upstream.on('error', () => user.destroy());
-            user.pipe(upstream).pipe(user);
-          }).listen(0, '127.0.0.1', 2048, function () { console.log('port=' + this.address().port); });`,
-        ],
-        /port=(\d+)/,
-      );
+      let link: { port: number; kill: () => void } | undefined;
+      const pipe = await nodeTlsPipe(targetPort, async (farPort) => {
+        link = await delayingProxy(farPort, rttMs / 2);
+        return link.port;
+      });
       try {
-        const port = Number(near.match[1]);
-        const burst = await burstAt(port, users.burst);
+        const burst = await burstAt(pipe.port, users.burst);
         await sleep(1_000);
-        rows.push({ rttMs, system: 'fresh TLS per user', burst, oneAtATime: await oneAtATime(port, users.oneAtATime) });
+        rows.push({ rttMs, system: 'fresh TLS per user', burst, oneAtATime: await oneAtATime(pipe.port, users.oneAtATime) });
       } finally {
-        near.child.kill('SIGKILL');
-        link.kill();
-        far.child.kill('SIGKILL');
+        pipe.kill();
+        link?.kill();
       }
     }
   } finally {

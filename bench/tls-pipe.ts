@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { Pool } from 'undici';
+import { cpuMsOf } from './burst.js';
+import { ROOT, nodeTlsPipe, sleep, spawnUntil } from './lib.js';
+
+/** One system's data plane: the pair, or the Node TLS pipe, between a user and its target. */
+export interface DataPlaneFigures {
+  /** One tunnel, user to target, best of the rounds, in MB/s. */
+  bulkMBps: number;
+  /** CPU of both processes per GB carried, in s. */
+  cpuSecondsPerGB: number;
+  /** 50 keep-alive HTTP users (1 KiB bodies), in requests/s. */
+  httpRps: number;
+  /** Both processes' resident memory, idle, after start, in bytes. */
+  idleRss: number;
+}
+
+const rssOf = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
+const cpuOf = (pids: number[]): number => pids.reduce((sum, pid) => sum + (cpuMsOf(pid) ?? 0), 0);
+
+/** Sends `bytes` through `port` to the sink; MB/s until the sink says it has them all, and the CPU `pids` used meanwhile. */
+async function bulk(port: number, bytes: number, pids: number[]): Promise<{ mbps: number; cpuMs: number }> {
+  const user = connect(port, '127.0.0.1');
+  await new Promise((resolve) => user.once('connect', resolve));
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const cpuBefore = cpuOf(pids);
+  const started = performance.now();
+  const answered = new Promise((resolve) => user.once('data', resolve));
+  for (let sent = 0; sent < bytes; sent += chunk.length) {
+    if (!user.write(chunk)) await new Promise((resolve) => user.once('drain', resolve));
+  }
+  await answered;
+  const mbps = bytes / 1e6 / ((performance.now() - started) / 1000);
+  user.destroy();
+  return { mbps, cpuMs: cpuOf(pids) - cpuBefore };
+}
+
+/** 50 keep-alive users for `seconds`; requests per second. */
+async function http(port: number, seconds: number): Promise<number> {
+  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: 50 });
+  let done = 0;
+  const deadline = performance.now() + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: 50 }, async () => {
+      while (performance.now() < deadline) {
+        const response = await pool.request({ path: '/', method: 'GET' });
+        await response.body.arrayBuffer();
+        done++;
+      }
+    }),
+  );
+  await pool.close();
+  return done / seconds;
+}
+
+async function figures(start: (target: number) => Promise<{ port: number; pids: number[]; kill: () => void }>, targets: { sink: number; web: number }, bytes: number, rounds: number, httpSeconds: number): Promise<DataPlaneFigures> {
+  let best = { mbps: 0, cpuMs: 0 };
+  let idleRss = 0;
+  const toSink = await start(targets.sink);
+  try {
+    await sleep(2_000);
+    idleRss = toSink.pids.reduce((sum, pid) => sum + rssOf(pid), 0);
+    for (let round = 0; round < rounds; round++) {
+      const outcome = await bulk(toSink.port, bytes, toSink.pids);
+      if (outcome.mbps > best.mbps) best = outcome;
+    }
+  } finally {
+    toSink.kill();
+  }
+  const toWeb = await start(targets.web);
+  try {
+    await sleep(1_000);
+    return { bulkMBps: best.mbps, cpuSecondsPerGB: best.cpuMs / 1000 / (bytes / 1e9), httpRps: await http(toWeb.port, httpSeconds), idleRss };
+  } finally {
+    toWeb.kill();
+  }
+}
+
+/** The pair with the CLIs' defaults (TLS between them, self-signed), in front of `target`. */
+async function pair(target: number): Promise<{ port: number; pids: number[]; kill: () => void }> {
+  const relay = await spawnUntil(
+    [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
+    / ready port=(\d+) public-port=(\d+)/,
+  );
+  const agent = await spawnUntil(
+    [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${relay.match[1]}`, '--target', `127.0.0.1:${target}`, '--tls', 'insecure', '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
+    /control connected/,
+  );
+  return {
+    port: Number(relay.match[2]),
+    pids: [relay.child.pid!, agent.child.pid!],
+    kill: () => {
+      agent.child.kill('SIGKILL');
+      relay.child.kill('SIGKILL');
+    },
+  };
+}
+
+/**
+ * 11. The data plane beside its floor: the pair (CLIs with their defaults)
+ * and the Node TLS pipe (two processes that only pipe, TLS 1.3 between them),
+ * each in front of the same targets: one tunnel's bulk throughput and the CPU
+ * both processes spend per GB, 50 keep-alive HTTP users, idle memory.
+ */
+export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: number): Promise<{ pair: DataPlaneFigures; pipe: DataPlaneFigures }> {
+  const targets = await spawnUntil(
+    [
+      '-e',
+      `const net = require('node:net'); const http = require('node:http');
+      const sink = net.createServer((s) => { let n = 0; s.on('error', () => {}); s.on('data', (d) => { n += d.length; if (n >= ${bytes}) { n = 0; s.write('done'); } }); });
+      const web = http.createServer((q, r) => r.end('x'.repeat(1024)));
+      sink.listen(0, '127.0.0.1', () => web.listen(0, '127.0.0.1', () => console.log('ports=' + sink.address().port + ',' + web.address().port)));`,
+    ],
+    /ports=(\d+),(\d+)/,
+  );
+  const ports = { sink: Number(targets.match[1]), web: Number(targets.match[2]) };
+  try {
+    return {
+      pair: await figures(pair, ports, bytes, rounds, httpSeconds),
+      pipe: await figures((target) => nodeTlsPipe(target), ports, bytes, rounds, httpSeconds),
+    };
+  } finally {
+    targets.child.kill('SIGKILL');
+  }
+}
