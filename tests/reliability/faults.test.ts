@@ -70,13 +70,16 @@ describe('faults between agent and relay', () => {
       bytes += payload.length;
       try {
         return (await echoThrough(ports.publicPort, payload, 1 + Math.floor(Math.random() * 128 * 1024))) === sha256(payload) ? 'intact' : 'corrupt';
-      } catch {
-        return 'lost';
+      } catch (error) {
+        // Closed before any byte came back: the user was never served (no pooled connection within --get-timeout,
+        // counted by the relay), which is a deadline; closed after some: a tunnel cut short, which would be a loss.
+        return /^closed after 0 of/.test((error as Error).message) ? 'unserved' : 'cut';
       }
     });
     proxy.faults.latencyMs = proxy.faults.jitterMs = 0;
     const seconds = (Date.now() - started) / 1000;
-    recordFigure('faults', 'integrity: streams intact / corrupt / lost', `${outcomes.filter((o) => o === 'intact').length} / ${outcomes.filter((o) => o === 'corrupt').length} / ${outcomes.filter((o) => o === 'lost').length}`);
+    const count = (outcome: string): number => outcomes.filter((o) => o === outcome).length;
+    recordFigure('faults', 'integrity: streams intact / corrupt / cut short / never served', `${count('intact')} / ${count('corrupt')} / ${count('cut')} / ${count('unserved')} (relay no-connection=${relay.latestStatus()?.['no-connection']})`);
     recordFigure('faults', 'integrity: bytes echoed (each way)', bytes, 'B');
     recordFigure('faults', 'integrity: duration (2 ms + 0-3 ms jitter per hop, 32 at a time)', seconds.toFixed(1), 's');
     expect(outcomes.filter((o) => o !== 'intact')).toEqual([]);
