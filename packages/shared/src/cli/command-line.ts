@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import type { Registry } from 'prom-client';
+import { promClient } from '../observability/prom-client.js';
 import { InvalidOptionError } from '../core/errors.js';
 import { listen } from '../pool/listen.js';
 import type { Logger } from '../observability/logger.js';
@@ -249,9 +250,9 @@ export class CliOperations {
   constructor(flags: FlagValues) {
     this.#flags = flags;
     this.logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
-    this.metrics = flags['metrics-port'] === undefined ? undefined : { registry: new Registry() };
+    this.metrics = flags['metrics-port'] === undefined ? undefined : { registry: new (promClient().Registry)() };
     // The process's own series (open fds, heap, event-loop lag) beside the pool's: what an operator watches for leaks.
-    if (this.metrics) collectDefaultMetrics({ register: this.metrics.registry });
+    if (this.metrics) promClient().collectDefaultMetrics({ register: this.metrics.registry });
     this.#drainTimeoutMs = numberFlag(flags, 'drain-timeout');
   }
 

@@ -1,4 +1,5 @@
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { promClient } from './prom-client.js';
 import type { ConnectionTracker, OpenState } from './connection-tracker.js';
 import { InvalidOptionError } from '../core/errors.js';
 import { scrapedCounter, scrapedGauge } from './scraped.js';
@@ -79,12 +80,12 @@ class MetricFamilies {
       for (const [pool, source] of sources) metric.inc({ pool }, source.tracker.counts().reconciled);
     });
     const counter = <L extends string>(name: string, help: string, label: L): Counter<'pool' | L> =>
-      new Counter<'pool' | L>({ name, help, labelNames: ['pool', label], registers });
+      new (promClient().Counter)<'pool' | L>({ name, help, labelNames: ['pool', label], registers });
     this.dials = counter('pool_dials_total', 'Agent dials (TCP, TLS and the HTTP upgrade), by outcome: success or an error code.', 'outcome');
     this.handshakes = counter('pool_handshakes_total', 'ID handshakes after the upgrade, by outcome: success or an error code.', 'outcome');
     this.upgradesRejected = counter('pool_upgrades_rejected_total', 'Upgrade requests the relay refused, by HTTP status (403, 401, 503, 404).', 'reason');
     this.gets = counter('pool_gets_total', 'IncomingGet / OutgoingGet calls, by outcome: success or an error code.', 'outcome');
-    this.getWait = new Histogram({
+    this.getWait = new (promClient().Histogram)({
       name: 'pool_get_wait_seconds',
       help: 'How long successful gets waited for their connection.',
       labelNames: ['pool'],

@@ -1,4 +1,5 @@
-import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Counter, Gauge, Registry } from 'prom-client';
+import { promClient } from './prom-client.js';
 
 /** prom-client's `collect`: empties the metric, then lets `fill` set it from state read now. */
 function refilledBy<M extends { reset(): void }>(fill: (metric: M) => void): (this: M) => void {
@@ -13,10 +14,10 @@ function refilledBy<M extends { reset(): void }>(fill: (metric: M) => void): (th
  * read then, so it never shows a series of a source that is gone.
  */
 export function scrapedGauge<L extends string>(registry: Registry, name: string, help: string, labelNames: L[], fill: (gauge: Gauge<L>) => void): void {
-  new Gauge<L>({ name, help, labelNames, registers: [registry], collect: refilledBy(fill) });
+  new (promClient().Gauge)<L>({ name, help, labelNames, registers: [registry], collect: refilledBy(fill) });
 }
 
 /** A counter refilled the same way, from the running totals its sources keep. */
 export function scrapedCounter<L extends string>(registry: Registry, name: string, help: string, labelNames: L[], fill: (counter: Counter<L>) => void): void {
-  new Counter<L>({ name, help, labelNames, registers: [registry], collect: refilledBy(fill) });
+  new (promClient().Counter)<L>({ name, help, labelNames, registers: [registry], collect: refilledBy(fill) });
 }

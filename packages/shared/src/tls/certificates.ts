@@ -2,7 +2,6 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { generate } from 'selfsigned';
 import { InvalidOptionError } from '../core/errors.js';
 
 /** The names a generated certificate carries by default: this host, by loopback. */
@@ -24,6 +23,8 @@ export async function generateDevCertificate(names: readonly string[] = LOOPBACK
   const hosts = names.filter((name) => isIP(name) === 0);
   const ips = names.filter((name) => isIP(name) !== 0);
   const altNames = [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))];
+  // Loaded when a certificate is made, not with the package: node-forge behind it costs every process megabytes.
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }], {
     keyType: 'ec',
     algorithm: 'sha256',
