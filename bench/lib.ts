@@ -1,4 +1,5 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { generateDevCertificate } from '@pool/shared/internal';
 import type { Role, RoleMessage } from './roles.js';
@@ -159,4 +160,22 @@ export async function nodeTlsPipe(targetPort: number, link?: (farPort: number) =
       far.child.kill('SIGKILL');
     },
   };
+}
+
+/**
+ * Sends `bytes` in 64 KiB writes through `port` to a sink that answers once it
+ * has them all; resolves with the MB/s from the first write to the answer.
+ */
+export async function sendToSink(port: number, bytes: number): Promise<number> {
+  const user = connect(port, '127.0.0.1');
+  await new Promise((resolve) => user.once('connect', resolve));
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const started = performance.now();
+  const answered = new Promise((resolve) => user.once('data', resolve));
+  for (let sent = 0; sent < bytes; sent += chunk.length) {
+    if (!user.write(chunk)) await new Promise((resolve) => user.once('drain', resolve));
+  }
+  await answered;
+  user.destroy();
+  return bytes / 1e6 / ((performance.now() - started) / 1000);
 }

@@ -1,11 +1,10 @@
 import { spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import WebSocket from 'ws';
 import { Pool } from 'undici';
 import { ClientPool } from '@pool/client';
 import { ServerPool, receiveId } from '@pool/server';
-import { ROOT, RoleProcess, median, percentile, plainForwarders, sleep } from './lib.js';
+import { ROOT, RoleProcess, median, percentile, plainForwarders, sendToSink, sleep } from './lib.js';
 import { DUPLEX_MODES, pipeFor, sendAndCount, type DuplexMode } from './roles.js';
 
 type Sample = { t: number; idle: number; capacity: number; interval: number };
@@ -315,17 +314,7 @@ export async function throughTunnel(
   // Bulk: one tunnel, one direction.
   let agent = await agentFor(targetPorts.sink);
   await sleep(500);
-  const user = connect(publicPort, '127.0.0.1');
-  await new Promise((resolve) => user.once('connect', resolve));
-  const chunk = Buffer.alloc(64 * 1024, 1);
-  const started = performance.now();
-  const answered = new Promise((resolve) => user.once('data', resolve));
-  for (let sent = 0; sent < bulkBytes; sent += chunk.length) {
-    if (!user.write(chunk)) await new Promise((resolve) => user.once('drain', resolve));
-  }
-  await answered;
-  const bulkMBps = bulkBytes / 1e6 / ((performance.now() - started) / 1000);
-  user.destroy();
+  const bulkMBps = await sendToSink(publicPort, bulkBytes);
   agent.kill();
 
   // HTTP: 50 keep-alive users for `httpSeconds`, direct and through the tunnel.

@@ -1,8 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { Pool } from 'undici';
 import { cpuMsOf } from './burst.js';
-import { ROOT, nodeTlsPipe, sleep, spawnUntil } from './lib.js';
+import { ROOT, nodeTlsPipe, sendToSink, sleep, spawnUntil } from './lib.js';
 
 /** One system's data plane: the pair, or the Node TLS pipe, between a user and its target. */
 export interface DataPlaneFigures {
@@ -21,18 +20,8 @@ const cpuOf = (pids: number[]): number => pids.reduce((sum, pid) => sum + (cpuMs
 
 /** Sends `bytes` through `port` to the sink; MB/s until the sink says it has them all, and the CPU `pids` used meanwhile. */
 async function bulk(port: number, bytes: number, pids: number[]): Promise<{ mbps: number; cpuMs: number }> {
-  const user = connect(port, '127.0.0.1');
-  await new Promise((resolve) => user.once('connect', resolve));
-  const chunk = Buffer.alloc(64 * 1024, 1);
   const cpuBefore = cpuOf(pids);
-  const started = performance.now();
-  const answered = new Promise((resolve) => user.once('data', resolve));
-  for (let sent = 0; sent < bytes; sent += chunk.length) {
-    if (!user.write(chunk)) await new Promise((resolve) => user.once('drain', resolve));
-  }
-  await answered;
-  const mbps = bytes / 1e6 / ((performance.now() - started) / 1000);
-  user.destroy();
+  const mbps = await sendToSink(port, bytes);
   return { mbps, cpuMs: cpuOf(pids) - cpuBefore };
 }
 

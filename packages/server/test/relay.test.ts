@@ -68,6 +68,12 @@ async function user(publicPort: number): Promise<Socket> {
   return socket;
 }
 
+/** The next chunk `stream` emits, as text. */
+async function nextData(stream: NodeJS.EventEmitter): Promise<string> {
+  const [data] = (await once(stream, 'data')) as [Buffer];
+  return data.toString();
+}
+
 /** Waits (bounded, 5 s) until `condition` holds. */
 async function until(condition: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 1_000 && !condition(); i++) await sleep(5);
@@ -137,8 +143,7 @@ describe('Relay: connect orders', () => {
     await firstClosed;
     expect(first.bytesRead).toBe(0);
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
-    const [data] = (await once(second, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(second)).toBe('hello');
     expect(relay.stats().claimRetries).toBe(1);
   });
 
@@ -155,8 +160,7 @@ describe('Relay: connect orders', () => {
     const second = await pooled(port, session);
     await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the next connection');
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
-    const [data] = (await once(second, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(second)).toBe('hello');
     expect(relay.stats().claimRetries).toBe(1);
   });
 
@@ -167,8 +171,7 @@ describe('Relay: connect orders', () => {
     await until(() => relay.pool.Active() === 1, 'a pooled connection');
     const socket = await user(publicPort);
     socket.write('hello');
-    const [data] = (await once(conn, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(conn)).toBe('hello');
     await sleep(100);
     expect(relay.stats().claimRetries).toBe(0);
     expect(orders.filter((order) => order.type === 'demand')).toEqual([]);
@@ -190,8 +193,7 @@ describe('Relay: connect orders', () => {
     const conn = await pooled(port, again.session);
     await until(() => again.orders.some((order) => order.type === 'connect'), 'the connect order on the new channel');
     again.control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
-    const [data] = (await once(conn, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(conn)).toBe('hello');
     expect(relay.stats().noAgent).toBe(0);
   });
 
@@ -212,38 +214,35 @@ describe('Relay: connect orders', () => {
 describe('Relay: the user\'s first bytes travel with the order (agents with `early`)', () => {
   const EARLY = 'claimed,demand,session,early';
 
+  /** A relay, a scripted agent with `early` and `count` pooled connections idle, and a user connected (who has sent nothing). */
+  async function earlySetup(options: RelayOptions, count: number): Promise<Awaited<ReturnType<typeof scriptedAgent>> & { relay: Relay; port: number; conns: PoolConn[]; socket: Socket }> {
+    const { relay, port, publicPort } = await startRelay(options);
+    const agent = await scriptedAgent(port, EARLY);
+    const conns: PoolConn[] = [];
+    for (let i = 0; i < count; i++) conns.push(await pooled(port, agent.session));
+    await until(() => relay.pool.Active() === count, `${count} pooled connections`);
+    return { ...agent, relay, port, conns, socket: await user(publicPort) };
+  }
+
   it('sends the user\'s bytes on the pooled connection right behind the order, before any claim, and splices once claimed', async () => {
-    const { relay, port, publicPort } = await startRelay();
-    const { control, orders, session } = await scriptedAgent(port, EARLY);
-    const conn = await pooled(port, session);
-    await until(() => relay.pool.Active() === 1, 'a pooled connection');
-    const socket = await user(publicPort);
+    const { relay, control, orders, conns: [conn], socket } = await earlySetup({}, 1);
     socket.write('hello');
     // No claim yet: the bytes are there all the same.
-    const [early] = (await once(conn, 'data')) as [Buffer];
-    expect(early.toString()).toBe('hello');
+    expect(await nextData(conn)).toBe('hello');
     expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
     socket.write(' again');
-    const [more] = (await once(conn, 'data')) as [Buffer];
-    expect(more.toString()).toBe(' again');
+    expect(await nextData(conn)).toBe(' again');
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
     conn.write('reply');
-    const [reply] = (await once(socket, 'data')) as [Buffer];
-    expect(reply.toString()).toBe('reply');
+    expect(await nextData(socket)).toBe('reply');
     socket.write('!');
-    const [after] = (await once(conn, 'data')) as [Buffer];
-    expect(after.toString()).toBe('!');
+    expect(await nextData(conn)).toBe('!');
     expect(relay.stats()).toMatchObject({ claimRetries: 0, lostOrders: 0 });
   });
 
   it('a claim that does not come in time is cancelled; on `cancelled` another connection carries the same bytes, once', async () => {
-    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
-    const { control, orders, session } = await scriptedAgent(port, EARLY);
-    const first = await pooled(port, session);
-    const second = await pooled(port, session);
-    await until(() => relay.pool.Active() === 2, 'two pooled connections');
+    const { relay, control, orders, conns: [first, second], socket } = await earlySetup({ claimTimeout: 200 }, 2);
     const firstClosed = nextEvent(first, 'close');
-    const socket = await user(publicPort);
     socket.write('hello');
     await until(() => orders.some((order) => order.type === 'cancel'), 'the cancel');
     expect(orders.find((order) => order.type === 'cancel')).toEqual({ v: 1, type: 'cancel', id: first.id });
@@ -253,38 +252,27 @@ describe('Relay: the user\'s first bytes travel with the order (agents with `ear
     control.send(JSON.stringify({ v: 1, type: 'cancelled', id: first.id }));
     await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the second connection');
     await firstClosed;
-    const [data] = (await once(second, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(second)).toBe('hello');
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: second.id }));
     second.write('reply');
-    const [reply] = (await once(socket, 'data')) as [Buffer];
-    expect(reply.toString()).toBe('reply');
+    expect(await nextData(socket)).toBe('reply');
     expect(relay.stats()).toMatchObject({ claimRetries: 1, lostOrders: 0 });
   });
 
   it('a claim that comes after the deadline but before the cancel is answered keeps the user on its connection', async () => {
-    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200 });
-    const { control, orders, session } = await scriptedAgent(port, EARLY);
-    const conn = await pooled(port, session);
-    await until(() => relay.pool.Active() === 1, 'a pooled connection');
-    const socket = await user(publicPort);
+    const { relay, control, orders, conns: [conn], socket } = await earlySetup({ claimTimeout: 200 }, 1);
     socket.write('hello');
     await until(() => orders.some((order) => order.type === 'cancel'), 'the cancel');
     // The agent had claimed it: the claim crosses the cancel.
     control.send(JSON.stringify({ v: 1, type: 'claimed', id: conn.id }));
     conn.write('reply');
-    const [reply] = (await once(socket, 'data')) as [Buffer];
-    expect(reply.toString()).toBe('reply');
+    expect(await nextData(socket)).toBe('reply');
     expect(orders.filter((order) => order.type === 'connect')).toHaveLength(1);
     expect(relay.stats()).toMatchObject({ claimRetries: 0, lostOrders: 0 });
   });
 
   it('a pooled connection reset after the order is cancelled too, and retried only on `cancelled`', async () => {
-    const { relay, port, publicPort } = await startRelay({ claimTimeout: 1_000 });
-    const { control, orders, session } = await scriptedAgent(port, EARLY);
-    const doomed = await pooled(port, session);
-    await until(() => relay.pool.Active() === 1, 'a pooled connection');
-    const socket = await user(publicPort);
+    const { relay, port, control, orders, session, conns: [doomed], socket } = await earlySetup({ claimTimeout: 1_000 }, 1);
     socket.write('hello');
     await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
     (doomed.webSocket as unknown as { _socket: Socket })._socket.resetAndDestroy();
@@ -292,8 +280,7 @@ describe('Relay: the user\'s first bytes travel with the order (agents with `ear
     const second = await pooled(port, session);
     control.send(JSON.stringify({ v: 1, type: 'cancelled', id: doomed.id }));
     await until(() => orders.filter((order) => order.type === 'connect').length === 2, 'an order for the next connection');
-    const [data] = (await once(second, 'data')) as [Buffer];
-    expect(data.toString()).toBe('hello');
+    expect(await nextData(second)).toBe('hello');
     expect(relay.stats().claimRetries).toBe(1);
   });
 
@@ -301,12 +288,7 @@ describe('Relay: the user\'s first bytes travel with the order (agents with `ear
     ['does not answer the cancel', (_control: WebSocket): void => {}],
     ['loses its control channel mid-order', (control: WebSocket): void => control.terminate()],
   ])('an agent that %s: the user is reset, counted, and no other connection gets its bytes', async (_label, misbehave) => {
-    const { relay, port, publicPort } = await startRelay({ claimTimeout: 200, getTimeout: 3_000 });
-    const { control, orders, session } = await scriptedAgent(port, EARLY);
-    const first = await pooled(port, session);
-    const second = await pooled(port, session);
-    await until(() => relay.pool.Active() === 2, 'two pooled connections');
-    const socket = await user(publicPort);
+    const { relay, control, orders, conns: [first, second], socket } = await earlySetup({ claimTimeout: 200, getTimeout: 3_000 }, 2);
     const dropped = nextEvent(socket, 'end');
     socket.write('hello');
     await until(() => orders.some((order) => order.type === 'connect'), 'the connect order');
