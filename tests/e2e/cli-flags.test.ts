@@ -116,6 +116,16 @@ describe('CLI flag validation', () => {
     expect(await relay.stop('SIGTERM')).toBe(0);
   });
 
+  it('a relay whose stdout reader goes away (| head) keeps running, and stops on SIGTERM', async () => {
+    const cli = new CliProcess(RELAY_BIN, [...relayBase, '--plain', '--status-interval', '20', '--token', 'epipe-token-0123456789']);
+    await cli.waitFor(/ready port=/, 10_000, true);
+    cli.child.stdout!.destroy();
+    // Fifty status lines into a closed pipe.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(cli.child.exitCode).toBeNull();
+    expect(await cli.stop('SIGTERM')).toBe(0);
+  });
+
   it('the agent takes a ws:// server without --tls off (its default there is off)', async () => {
     const cli = new CliProcess(AGENT_BIN, ['--server', 'ws://127.0.0.1:1', '--target', '127.0.0.1:2', '--status-interval', '0']);
     await cli.waitFor(/started server=ws:\/\/127\.0\.0\.1:1/, 10_000, true);

@@ -249,6 +249,8 @@ export class CliOperations {
 
   constructor(flags: FlagValues) {
     this.#flags = flags;
+    // Status lines are best effort: a reader that went away (`| head`, a closed terminal) must not take the tunnels down.
+    for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
     this.logger = createLineLogger(String(flags['log-level']), (line) => process.stderr.write(line));
     this.metrics = flags['metrics-port'] === undefined ? undefined : { registry: new (promClient().Registry)() };
     // The process's own series (open fds, heap, event-loop lag) beside the pool's: what an operator watches for leaks.
