@@ -687,7 +687,7 @@ export class Relay extends ErrorCountingEmitter {
    * link traversal after the user sent them. A claim that does not come in
    * time is then cancelled rather than abandoned: only the agent's
    * `cancelled` lets another connection carry the same bytes, so none
-   * reaches a target twice (docs/protocol.md, section 3).
+   * reaches a target twice (docs/protocol.md, section 4).
    */
   async #claimedConnection(agent: AgentState, order: Order, userLeft: AbortSignal, user?: QueuedUser): Promise<IncomingConnection | NoTunnel> {
     const deadline = performance.now() + this.#getTimeoutMs;
