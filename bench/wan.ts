@@ -79,18 +79,19 @@ export async function wanUsers(rttMs: number, users: { oneAtATime: number; burst
           /control connected/,
         );
         try {
-          // Right after the pool first filled: the agent's idle connections stop growing for 10 RTT (a fill round
-          // takes about 3: TCP, TLS, upgrade).
+          // Right after the pool first filled: the agent holds as many idle connections as its first capacity (its
+          // --min-cap; the capacity creeps up a connection a round afterwards, as npws's rules have it).
           const connectedAt = performance.now();
-          let idle = 0;
-          let grewAt = connectedAt;
+          let filledAt: number | undefined;
+          let firstCapacity: number | undefined;
           agent.child.stdout!.on('data', (chunk: string) => {
-            const now = Number([...chunk.matchAll(/ idle=(\d+) /g)].at(-1)?.[1] ?? idle);
-            if (now > idle) grewAt = performance.now();
-            idle = Math.max(idle, now);
+            for (const [, idle, capacity] of chunk.matchAll(/ idle=(\d+) capacity=(\d+) /g)) {
+              firstCapacity ??= Number(capacity);
+              if (Number(idle) >= firstCapacity) filledAt ??= performance.now();
+            }
           });
-          while (performance.now() - connectedAt < 30_000 && (idle === 0 || performance.now() - grewAt < 10 * rttMs)) await sleep(10);
-          const fillMs = grewAt - connectedAt;
+          while (performance.now() - connectedAt < 30_000 && filledAt === undefined) await sleep(10);
+          const fillMs = (filledAt ?? Number.NaN) - connectedAt;
           const burst = await burstAt(publicPort, users.burst);
           await sleep(1_000);
           rows.push({ rttMs, system: 'pool', burst, fillMs, oneAtATime: await oneAtATime(publicPort, users.oneAtATime) });
