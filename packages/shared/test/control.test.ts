@@ -5,7 +5,7 @@ import {
   encodeControl,
   parseControlFeatures,
 } from '@pool/shared/internal';
-import { envNameOf, parseCommandLine } from '@pool/shared/cli';
+import { envNameOf, parseCommandLine, wasGiven } from '@pool/shared/cli';
 
 describe('control messages', () => {
   it('round-trips a connect order', () => {
@@ -69,6 +69,21 @@ describe('command-line flags', () => {
     'tls-cert': { type: 'string' as const, description: 'cert' },
     plain: { type: 'boolean' as const, description: 'plain' },
   };
+
+  it('tells a value the user gave (flag or env var) from a default', () => {
+    const values = parseCommandLine('x', '', flags, ['--tls-cert', 'a.crt'], { POOL_PLAIN: '1' })!;
+    expect(['port', 'tls-cert', 'plain'].map((name) => wasGiven(values, name))).toEqual([false, true, true]);
+  });
+
+  it('refuses a flag that takes one value given twice, and a flag without the one it requires', () => {
+    expect(() => parseCommandLine('x', '', flags, ['--port', '1', '--port=2'], {})).toThrow('--port is given more than once; it takes one value');
+    const withUdp = { ...flags, udp: { type: 'boolean' as const, description: 'udp' }, 'udp-max-flows': { type: 'string' as const, description: 'flows', default: '9', requires: 'udp' } };
+    expect(() => parseCommandLine('x', '', withUdp, ['--udp-max-flows', '3'], {})).toThrow('--udp-max-flows only applies with --udp');
+    expect(() => parseCommandLine('x', '', withUdp, [], { POOL_UDP_MAX_FLOWS: '3' })).toThrow('--udp-max-flows only applies with --udp');
+    expect(parseCommandLine('x', '', withUdp, ['--udp', '--udp-max-flows', '3'], {})).toMatchObject({ udp: true, 'udp-max-flows': '3' });
+    // Its default alone is no mistake.
+    expect(parseCommandLine('x', '', withUdp, [], {})).toMatchObject({ 'udp-max-flows': '9' });
+  });
 
   it('takes flags over env vars over defaults', () => {
     expect(envNameOf('tls-cert')).toBe('POOL_TLS_CERT');

@@ -10,7 +10,6 @@ import type { UdpStats } from '../udp-service.js';
 
 const COMMAND = 'pool-relay';
 
-
 /** Whom a certificate is for and how agents trust it: by a CA, or by pinning the fingerprint printed here. */
 function certificateSummary(pem: string | Buffer): string {
   const certificate = new X509Certificate(pem);
@@ -90,11 +89,11 @@ async function main(): Promise<void> {
   if (certFiles) {
     if (!certFiles.cert || !certFiles.key) throw new Error('--tls-cert and --tls-key go together');
     const where = (name: 'cert' | 'key'): string => (config?.tls ? `${configFile}: tls.${name}` : `--tls-${name}`);
-    tls = { cert: readPemFile(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPemFile(String(certFiles.key), where('key'), 'PRIVATE KEY') };
-    process.stdout.write(`${COMMAND} using the certificate in ${String(certFiles.cert)}: ${certificateSummary(tls.cert)}\n`);
     for (const flag of ['tls-dir', 'tls-name'] as const) {
       if (wasGiven(flags, flag)) throw new Error(`--${flag} is for a certificate the relay makes; with ${config?.tls ? `tls in ${configFile}` : '--tls-cert'} it would be ignored`);
     }
+    tls = { cert: readPemFile(String(certFiles.cert), where('cert'), 'CERTIFICATE'), key: readPemFile(String(certFiles.key), where('key'), 'PRIVATE KEY') };
+    process.stdout.write(`${COMMAND} using the certificate in ${String(certFiles.cert)}: ${certificateSummary(tls.cert)}\n`);
   } else if (!flags.plain) {
     const names = String(flags['tls-name']).split(',').map((name) => name.trim()).filter(Boolean);
     if (names.length === 0) throw new Error('--tls-name: give at least one host name or IP');
@@ -117,7 +116,6 @@ async function main(): Promise<void> {
     throw new Error('--plain and --tls-dir exclude each other');
   }
   const operations = new CliOperations(flags);
-
   const relay = new Relay({
     host: config?.listen ? config.listen.host : String(flags.host),
     port: config?.listen ? config.listen.port : numberFlag(flags, 'port'),
