@@ -200,7 +200,7 @@ export class CertificatePinError extends PoolError {
   }
 }
 
-/** A service's public port could not be bound (in use, no permission, no such address); the running configuration is unchanged. */
+/** A service's public port could not be bound (in use, no permission, no such address). */
 export class ServiceListenError extends PoolError {
   constructor(service: string, address: string, cause: Error) {
     super('ERR_SERVICE_LISTEN', `service ${service} cannot listen on ${address}: ${(cause as { code?: string }).code ?? cause.message}`, { cause });
