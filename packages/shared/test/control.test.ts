@@ -70,6 +70,12 @@ describe('command-line flags', () => {
     plain: { type: 'boolean' as const, description: 'plain' },
   };
 
+  it('reads a repeatable flag from its env var as a comma-separated list, spaces around entries ignored', () => {
+    const servers = { server: { type: 'string' as const, description: 'relay', multiple: true } };
+    expect(parseCommandLine('x', '', servers, [], { POOL_SERVER: 'a:1, b:2,' })).toEqual({ server: ['a:1', 'b:2'] });
+    expect(parseCommandLine('x', '', servers, ['--server', 'c:3', '--server', 'd:4'], { POOL_SERVER: 'a:1' })).toEqual({ server: ['c:3', 'd:4'] });
+  });
+
   it('tells a value the user gave (flag or env var) from a default', () => {
     const values = parseCommandLine('x', '', flags, ['--tls-cert', 'a.crt'], { POOL_PLAIN: '1' })!;
     expect(['port', 'tls-cert', 'plain'].map((name) => wasGiven(values, name))).toEqual([false, true, true]);

@@ -103,7 +103,7 @@ export function parseCommandLine(
     const fromFlag = values[name];
     if (fromFlag !== undefined || fromEnv !== undefined) given.add(name);
     if (spec.multiple) {
-      result[name] = fromFlag ?? fromEnv?.split(',').filter(Boolean) ?? [];
+      result[name] = fromFlag ?? fromEnv?.split(',').map((entry) => entry.trim()).filter(Boolean) ?? [];
       continue;
     }
     const source = fromFlag !== undefined ? `--${name}` : fromEnv !== undefined ? envNameOf(name) : `--${name} (default)`;
