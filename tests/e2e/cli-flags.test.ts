@@ -66,6 +66,7 @@ const cases: Array<[string, string, string[], Record<string, string>, RegExp]> =
   ['agent', 'an unknown tls mode', ['--tls', 'maybe'], {}, /invalid tls "maybe"/],
   ['agent', '--key-dir with a ws:// relay', ['--server', 'ws://127.0.0.1:1', '--key-dir', '/tmp'], {}, /--key-dir needs TLS/],
   ['agent', 'the same relay twice', ['--server', '127.0.0.1:1', '--server', '127.0.0.1:1'], {}, /--server 127\.0\.0\.1:1 127\.0\.0\.1:1: a relay is given twice/],
+  ['agent', 'the same relay twice, written two ways', ['--server', '127.0.0.1:1', '--server', 'wss://127.0.0.1:1/'], {}, /a relay is given twice/],
   ['agent', 'a flag given twice', ['--token', 'one-token-0123456789', '--token', 'two-token-0123456789'], {}, /--token is given more than once/],
   ['agent', 'a pinned certificate for a plain ws:// relay', ['--server', 'ws://127.0.0.1:1', '--tls-fingerprint', 'ab'.repeat(32)], {}, /--tls-fingerprint needs TLS, and --server ws:\/\/127\.0\.0\.1:1 is plain ws:\/\//],
   ['agent', 'a server on port 0', ['--server', 'relay.example.com:0'], {}, /invalid server "relay\.example\.com:0"/],

@@ -203,6 +203,8 @@ export class Relay extends ErrorCountingEmitter {
   readonly #backlog: number;
   readonly #listen: { host: string | undefined; port: number };
   readonly #userSockets = new Set<Socket>();
+  /** The reload in progress, if any: the next one starts when it ends. */
+  #reloading: Promise<unknown> = Promise.resolve();
   readonly #claimTimeoutMs: number;
   readonly #waitingLimits: WaitingLimits;
   readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, lostOrders: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
@@ -361,7 +363,14 @@ export class Relay extends ErrorCountingEmitter {
    * that fails then is left out (the next reload tries again) and resolved
    * in `notListening`.
    */
-  async reload(next: RelayReload): Promise<{ notListening: ServiceListenError[] }> {
+  reload(next: RelayReload): Promise<{ notListening: ServiceListenError[] }> {
+    // One at a time: a second SIGHUP while one is binding would compare against a configuration about to change.
+    const run = this.#reloading.then(() => this.#reload(next));
+    this.#reloading = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(next: RelayReload): Promise<{ notListening: ServiceListenError[] }> {
     const identities = this.#keysNeedTls(agentIdentities(next.agents, undefined));
     // Checked before anything changes: a malformed pin leaves the running configuration whole.
     AgentSessions.check(identities);

@@ -8,6 +8,7 @@ import { Relay, type RelayOptions } from '@pool/server';
 import { type Extensions, type PoolConn } from '@pool/shared';
 import { offerHeaders, type ControlMessage } from '@pool/shared/internal';
 import { dialPool } from '../../../tests/helpers/raw-http.js';
+import { freePorts } from '../../../tests/helpers/ports.js';
 import { hashUntilEnd, nextEvent } from '../../../tests/helpers/streams.js';
 
 // The relay against a scripted agent: a raw control channel and pooled
@@ -334,5 +335,16 @@ describe('Relay: plain HTTP on the agents\' port', () => {
     expect(response.status).toBe(status);
     expect(await response.text()).toBe(body);
     if (status === 426) expect(response.headers.get('upgrade')).toBe('websocket');
+  });
+});
+
+describe('Relay: reload', () => {
+  it('two reloads at once run one after the other: the second finds the first applied, and neither fails', async () => {
+    const [port] = await freePorts(1);
+    const { relay } = await startRelay({ agents: { east: { token: 'east-token-0123456789abcdef' } }, services: [] });
+    const next = { agents: { east: { token: 'east-token-0123456789abcdef' } }, services: [{ name: 'web', agent: 'east', publicHost: '127.0.0.1', publicPort: port! }] };
+    const outcomes = await Promise.allSettled([relay.reload(next), relay.reload(next)]);
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['fulfilled', 'fulfilled']);
+    expect(relay.address().publicPorts).toEqual({ web: port });
   });
 });

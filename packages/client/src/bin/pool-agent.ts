@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, numberFlag, parseCommandLine, runUntilSignal } from '@pool/shared/cli';
 import { Agent } from '../agent.js';
-import type { TlsMode } from '../server-address.js';
+import { resolveRelayTarget, type TlsMode } from '../server-address.js';
 import { keptCertificate, parseFingerprint } from '@pool/shared/internal';
 
 const COMMAND = 'pool-agent';
@@ -58,7 +58,9 @@ async function main(): Promise<void> {
   );
   const servers = flags.server as string[];
   if (servers.length === 0 || (!flags.target && Object.keys(services).length === 0)) throw new Error('--server, and --target or at least one --service, are required (see --help)');
-  if (new Set(servers).size < servers.length) throw new Error(`--server ${servers.join(' ')}: a relay is given twice`);
+  // The same relay twice (`a:1` and `wss://a:1/`) would be two agents with one token: the second would wait on standby.
+  const urls = servers.map((server) => resolveRelayTarget(server, undefined).url);
+  if (new Set(urls).size < urls.length) throw new Error(`--server ${servers.join(' ')}: a relay is given twice`);
   const pinFlag = flags['tls-ca'] !== undefined ? '--tls-ca' : flags['tls-fingerprint'] !== undefined ? '--tls-fingerprint' : undefined;
   const plain = servers.find((server) => /^ws:\/\//i.test(server));
   if (pinFlag && plain !== undefined) throw new Error(`${pinFlag} needs TLS, and --server ${plain} is plain ws://: give host:port or wss://`);
