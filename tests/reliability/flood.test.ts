@@ -6,7 +6,8 @@ import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { recordFigure } from '../helpers/figures.js';
-import { CliProcess, startRelay } from '../helpers/processes.js';
+import { CliProcess, startAgent, startRelay } from '../helpers/processes.js';
+import { TargetServers, echoServer } from '../helpers/tunnel.js';
 
 // An anonymous flood on a public port while the agent has no pooled
 // connection to give: what the relay holds is bounded by its waiting caps,
@@ -53,8 +54,8 @@ async function flood(publicPort: number, count: number): Promise<Socket[]> {
 
 describe('a flood of users while no pooled connection is free', () => {
   it.each([
-    ['from one address (the per-source cap, 512, refuses the rest)', [], 512],
-    ['from one address, per-source cap raised (the service cap, 1,024, refuses the rest)', ['--max-waiting-per-source', '100000'], 1_024],
+    ['from one address, the defaults (the waiting list, 1,024, refuses the rest)', [], 1_024],
+    ['from one address with --max-waiting-per-source 512 (the rest refused)', ['--max-waiting-per-source', '512'], 512],
   ] as Array<[string, string[], number]>)('%s: bounded memory, the rest closed at once and counted', async (_label, args, cap) => {
     const { relay, port, publicPort } = await startRelay(['--token', TOKEN, '--get-timeout', '3000', '--status-interval', '200', ...args]);
     processes.push(relay);
@@ -75,4 +76,64 @@ describe('a flood of users while no pooled connection is free', () => {
     for (const socket of sockets) socket.destroy();
     recordFigure('flood', `${USERS} users x 64 KiB, cap ${cap}: relay RSS after they were gone`, Math.round(rss(relay) / 2 ** 20), 'MiB');
   }, 90_000);
+});
+
+describe('tunnels from one address (--max-tunnels-per-source)', () => {
+  it('an address at its cap is closed at once and counted; a tunnel that ends gives its place back', async () => {
+    const targets = new TargetServers();
+    try {
+      const target = await targets.listen(echoServer());
+      const { relay, port, publicPort } = await startRelay(['--token', TOKEN, '--max-tunnels-per-source', '3', '--status-interval', '100']);
+      processes.push(relay);
+      const agent = await startAgent(port, target, ['--token', TOKEN, '--min-cap', '8']);
+      processes.push(agent);
+      /** A user that connects and says hello; resolves with its socket once echoed, or undefined when closed first. */
+      const hello = (): Promise<Socket | undefined> =>
+        new Promise((resolve) => {
+          const socket = connect(publicPort, '127.0.0.1');
+          socket.on('error', () => {});
+          socket.once('close', () => resolve(undefined));
+          socket.once('data', () => resolve(socket));
+          socket.write('hello');
+        });
+      const open = [await hello(), await hello(), await hello()];
+      expect(open.every((socket) => socket !== undefined)).toBe(true);
+      expect(await hello()).toBeUndefined();
+      await relay.waitForStatus((s) => s['refused-busy'] === '1', 5_000);
+      open[0]!.destroy();
+      await relay.waitForStatus((s) => s.open === '2', 5_000);
+      const next = await hello();
+      expect(next).toBeDefined();
+      for (const socket of [...open, next]) socket?.destroy();
+    } finally {
+      targets.closeAll();
+    }
+  }, 30_000);
+});
+
+describe('a flood from one address that fills the waiting list', () => {
+  it('does not lock another address out: its user takes the place of the flood\'s newest, which is closed and counted', async () => {
+    const { relay, port, publicPort } = await startRelay(['--token', TOKEN, '--max-waiting', '100', '--get-timeout', '20000', '--status-interval', '100']);
+    processes.push(relay);
+    await agentWithoutPool(port);
+    await relay.waitForStatus((s) => s.agent === 'up', 5_000);
+    const flooders = await flood(publicPort, 150);
+    await relay.waitForStatus((s) => s.waiting === '100' && s['refused-busy'] === '50', 10_000);
+    const closedAt = (socket: Socket): Promise<boolean> => new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), 1_000);
+      socket.once('close', () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    const honest = connect({ port: publicPort, host: '127.0.0.1', localAddress: '127.0.0.2' });
+    honest.on('error', () => {});
+    const honestClosed = closedAt(honest);
+    await relay.waitForStatus((s) => s['refused-busy'] === '51', 5_000);
+    // The honest user waits (for a pooled connection that this agent never dials); one of the flood's left in its place.
+    expect(await honestClosed).toBe(false);
+    expect(relay.latestStatus()!.waiting).toBe('100');
+    honest.destroy();
+    for (const socket of flooders) socket.destroy();
+  }, 30_000);
 });

@@ -2,7 +2,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { listen } from '@pool/shared/internal';
 import type { ServiceConfig } from './relay-config.js';
 import type { UdpStats } from './udp-service.js';
-import { WaitingUsers, type WaitingLimits, type WaitingRefusal } from './waiting-users.js';
+import { AdmittedUsers, type AdmissionLimits, type AdmissionRefusal } from './admitted-users.js';
 
 /** Counters of one service since the relay started. */
 export interface ServiceStats {
@@ -14,23 +14,28 @@ export interface ServiceStats {
   open: number;
   /** A UDP service's datagrams; its users are flows (`accepted`: flows opened, `open`: flows open now). */
   udp?: UdpStats;
-  /** A TCP service's users turned away at once because too many were waiting: in all (`serviceFull`), or from their address (`sourceFull`). */
-  refused?: Record<WaitingRefusal, number>;
+  /**
+   * A TCP service's users turned away at once: too many were waiting, in all
+   * (`serviceFull`) or from their address (`sourceFull`), or their address had
+   * `maxTunnelsPerSource` open (`sourceTunnels`); or closed while waiting,
+   * their place taken by a user from an address with fewer waiting (`displaced`).
+   */
+  refused?: Record<AdmissionRefusal, number>;
 }
 
 /** One service's public port: users connect here and are tunnelled to the agent that serves it. */
 export class PublicService {
   readonly config: ServiceConfig;
-  readonly stats: ServiceStats & { refused: Record<WaitingRefusal, number> };
-  /** Its users waiting for a pooled connection now. */
-  readonly waiting: WaitingUsers;
+  readonly stats: ServiceStats & { refused: Record<AdmissionRefusal, number> };
+  /** Its users, waiting for a pooled connection or in a tunnel. */
+  readonly users: AdmittedUsers;
   readonly #server: Server;
   readonly #onError: (error: Error) => void;
 
-  constructor(config: ServiceConfig, limits: WaitingLimits, onUser: (user: Socket, service: PublicService) => void, onError: (error: Error) => void) {
+  constructor(config: ServiceConfig, limits: AdmissionLimits, onUser: (user: Socket, service: PublicService) => void, onError: (error: Error) => void) {
     this.config = config;
-    this.waiting = new WaitingUsers(limits);
-    this.stats = { agent: config.agent, accepted: 0, finished: 0, failed: 0, open: 0, refused: { serviceFull: 0, sourceFull: 0 } };
+    this.users = new AdmittedUsers(limits);
+    this.stats = { agent: config.agent, accepted: 0, finished: 0, failed: 0, open: 0, refused: { serviceFull: 0, sourceFull: 0, sourceTunnels: 0, displaced: 0 } };
     // noDelay: tunnels carry request/response traffic; Nagle plus delayed ACKs would add tens of ms.
     // allowHalfOpen: a user's FIN ends one direction only; splice carries it to the target.
     this.#server = createServer({ allowHalfOpen: true, noDelay: true }, (user) => onUser(user, this));

@@ -66,7 +66,7 @@ function register(registry: Registry, sources: ReadonlyMap<string, () => RelaySt
   for (const [name, help, countsOf] of [
     [
       'pool_relay_users_refused_total',
-      'TCP users closed at once because too many were waiting for a pooled connection: in all (serviceFull) or from their address (sourceFull).',
+      'TCP users closed at once: too many were waiting for a pooled connection, in all (serviceFull) or from their address (sourceFull), or their address had its most tunnels open (sourceTunnels).',
       (state: ServiceStats) => state.refused,
     ],
     [

@@ -34,15 +34,14 @@ import { PublicService, type ServiceStats } from './public-service.js';
 import { UdpService, type UdpOptions } from './udp-service.js';
 import { QueuedUser } from './queued-user.js';
 import { normalizeAddress } from './allowlist.js';
-import type { WaitingLimits } from './waiting-users.js';
+import type { AdmissionLimits } from './admitted-users.js';
 import { publishRelayMetrics } from './relay-metrics.js';
 import type { AgentConfig, ServiceConfig } from './relay-config.js';
 import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
 
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-/** Defaults of {@link RelayOptions.maxWaiting} and {@link RelayOptions.maxWaitingPerSource}. */
+/** Default of {@link RelayOptions.maxWaiting}. */
 export const DEFAULT_MAX_WAITING = 1_024;
-export const DEFAULT_MAX_WAITING_PER_SOURCE = 512;
 /** The agent of a relay configured without `agents`: whoever the allowlist and `token` admit. */
 const DEFAULT_AGENT = 'default';
 /**
@@ -91,10 +90,21 @@ export interface RelayOptions
   maxWaiting?: number;
   /**
    * Most of those from one source address (IPv4-mapped IPv6 counted as
-   * IPv4); one more is closed at once (`refused.sourceFull`). Default: 512,
-   * which a NAT full of honest users arriving at once does not reach.
+   * IPv4); one more is closed at once (`refused.sourceFull`). Default:
+   * `maxWaiting`, so that a NAT's burst of honest users may fill the list;
+   * on a full list a user from another address takes the place of the newest
+   * waiting user of the address holding the most (`refused.displaced`), so a
+   * flood from one address does not lock the others out.
    */
   maxWaitingPerSource?: number;
+  /**
+   * Most tunnels of one TCP service open at once from one source address
+   * (waiting users included), so that one address cannot hold the target's
+   * connections; one more is closed at once (`refused.sourceTunnels`).
+   * 0: no limit. Default: 0, for a NAT of many honest users would meet any
+   * figure that means something to an attacker.
+   */
+  maxTunnelsPerSource?: number;
   /**
    * How long a user's connection waits for a pooled connection that the agent
    * has claimed, retries included, before it is closed, in ms. Default: 5000.
@@ -206,7 +216,7 @@ export class Relay extends ErrorCountingEmitter {
   /** The reload in progress, if any: the next one starts when it ends. */
   #reloading: Promise<unknown> = Promise.resolve();
   readonly #claimTimeoutMs: number;
-  readonly #waitingLimits: WaitingLimits;
+  readonly #admissionLimits: AdmissionLimits;
   readonly #stats = { accepted: 0, finished: 0, noConnection: 0, noAgent: 0, departed: 0, claimRetries: 0, lostOrders: 0, controlReplaced: 0, controlRefused: 0, controlConflicts: 0, failed: 0 };
   /** Control refusals already logged at `warn`, by peer and reason. */
   readonly #controlRefusalsLogged = new Set<string>();
@@ -223,9 +233,11 @@ export class Relay extends ErrorCountingEmitter {
     this.#getTimeoutMs = checkMs('getTimeout', options.getTimeout ?? 5_000);
     this.#claimTimeoutMs = checkMs('claimTimeout', options.claimTimeout ?? 2_000, 1);
     this.#backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1);
-    this.#waitingLimits = {
-      maxWaiting: checkInt('maxWaiting', options.maxWaiting ?? DEFAULT_MAX_WAITING, 1),
-      maxWaitingPerSource: checkInt('maxWaitingPerSource', options.maxWaitingPerSource ?? DEFAULT_MAX_WAITING_PER_SOURCE, 1),
+    const maxWaiting = checkInt('maxWaiting', options.maxWaiting ?? DEFAULT_MAX_WAITING, 1);
+    this.#admissionLimits = {
+      maxWaiting,
+      maxWaitingPerSource: checkInt('maxWaitingPerSource', options.maxWaitingPerSource ?? maxWaiting, 1),
+      maxTunnelsPerSource: checkInt('maxTunnelsPerSource', options.maxTunnelsPerSource ?? 0, 0),
     };
     this.#listen = { host: options.host, port: checkInt('port', options.port ?? 0, 0, 65_535) };
     const services = options.services ?? [
@@ -271,7 +283,7 @@ export class Relay extends ErrorCountingEmitter {
 
   #publicService(config: ServiceConfig): PublicService | UdpService {
     if (config.protocol === 'udp') return new UdpService(config, this.#openCarrier, this.reportError);
-    return new PublicService(config, this.#waitingLimits, this.#onUser, this.reportError);
+    return new PublicService(config, this.#admissionLimits, this.#onUser, this.reportError);
   }
 
   /** Listens on the agents' port and every public port. Rejects with the listen error (EADDRINUSE, …). */
@@ -650,13 +662,19 @@ export class Relay extends ErrorCountingEmitter {
       return;
     }
     const source = normalizeAddress(user.remoteAddress ?? '');
-    const refusal = service.waiting.admit(source);
-    if (refusal !== undefined) {
-      service.stats.refused[refusal]++;
+    const queued = new QueuedUser(user);
+    let displaced = false;
+    const admission = service.users.admit(source, () => {
+      // Its place went to a user from an address with fewer waiting: it leaves as a user who closed would.
+      displaced = true;
+      service.stats.refused.displaced++;
       user.destroy();
+    });
+    if (typeof admission === 'string') {
+      service.stats.refused[admission]++;
+      queued.drop();
       return;
     }
-    const queued = new QueuedUser(user);
     const { proxyProtocol } = service.config;
     const order: Order = {
       type: 'connect',
@@ -668,14 +686,16 @@ export class Relay extends ErrorCountingEmitter {
       }),
     };
     const outcome = await this.#claimedConnection(agent, order, queued.signal, queued);
-    service.waiting.release(source);
     if (typeof outcome === 'string') {
-      this.#stats[outcome]++;
+      admission.ended();
+      if (!displaced) this.#stats[outcome]++;
       queued.drop();
       return;
     }
+    admission.served();
     queued.handOver(outcome.conn);
     const { error } = await splice(user, outcome.conn);
+    admission.ended();
     this.#stats.finished++;
     service.stats.finished++;
     if (error) {

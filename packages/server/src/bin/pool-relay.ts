@@ -44,7 +44,8 @@ async function main(): Promise<void> {
       'max-cap': { type: 'string', description: 'most idle pooled connections, all agents together (users waiting for one add room)', default: '1024', range: [1, 1_000_000] },
       'keep-alive': { type: 'string', description: 'keep-alive period, ms', default: '30000', range: MS_RANGE },
       'max-waiting': { type: 'string', description: 'most users of one TCP service waiting for a pooled connection at once (more are closed at once, counted)', default: '1024', range: [1, 1_000_000] },
-      'max-waiting-per-source': { type: 'string', description: 'of those, most from one address', default: '512', range: [1, 1_000_000] },
+      'max-waiting-per-source': { type: 'string', description: 'of those, most from one address (default: --max-waiting; on a full list another address takes the place of the newest user of the one holding the most)', range: [1, 1_000_000] },
+      'max-tunnels-per-source': { type: 'string', description: 'most tunnels of one TCP service open at once from one address, waiting users included (more are closed at once, counted; 0: no limit)', default: '0', range: [0, 1_000_000] },
       'get-timeout': { type: 'string', description: 'how long a user waits for a pooled connection, ms', default: '5000', range: MS_RANGE },
       backlog: { type: 'string', description: 'connections each listener queues before they are accepted (a burst), capped by net.core.somaxconn', default: '2048', range: [1, 65_535] },
       'headers-timeout': { type: 'string', description: 'time an agent has for its TLS handshake, and again for its request headers, ms', default: '10000', range: [1, MS_RANGE[1]] },
@@ -140,7 +141,8 @@ async function main(): Promise<void> {
     keepAlive: numberFlag(flags, 'keep-alive'),
     getTimeout: numberFlag(flags, 'get-timeout'),
     maxWaiting: numberFlag(flags, 'max-waiting'),
-    maxWaitingPerSource: numberFlag(flags, 'max-waiting-per-source'),
+    ...(flags['max-waiting-per-source'] !== undefined && { maxWaitingPerSource: numberFlag(flags, 'max-waiting-per-source') }),
+    maxTunnelsPerSource: numberFlag(flags, 'max-tunnels-per-source'),
     backlog: numberFlag(flags, 'backlog'),
     headersTimeout: numberFlag(flags, 'headers-timeout'),
     maxPayload: numberFlag(flags, 'max-payload'),
@@ -170,7 +172,7 @@ async function main(): Promise<void> {
     () => {
       const s = relay.stats();
       const udp = Object.values(s.services).filter((service) => service.udp !== undefined);
-      const busy = Object.values(s.services).reduce((sum, service) => sum + (service.refused ? service.refused.serviceFull + service.refused.sourceFull : 0), 0);
+      const busy = Object.values(s.services).reduce((sum, service) => sum + Object.values(service.refused ?? {}).reduce((a, b) => a + b, 0), 0);
       const udpSum = (of: (udp: UdpStats, service: ServiceStats) => number): number => udp.reduce((sum, service) => sum + of(service.udp!, service), 0);
       const flows =
         udp.length === 0
