@@ -23,7 +23,6 @@ beforeAll(async () => {
 const relayBase = ['--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0'];
 const agentBase = ['--server', '127.0.0.1:1', '--target', '127.0.0.1:2'];
 
-
 const cases: Array<[string, string, string[], Record<string, string>, RegExp]> = [
   ['relay', 'an empty --allow', ['--allow', ''], {}, /--allow "": an empty allowlist/],
   ['relay', 'a blank --allow', ['--allow', ' , '], {}, /--allow " , ": an empty allowlist/],

@@ -4,6 +4,7 @@ import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
+import { recordFigure } from '../helpers/figures.js';
 import { AGENT_BIN, CliProcess, startAgent, startRelay } from '../helpers/processes.js';
 import { REPLY, TargetServers, echoServer, echoThrough, scriptedService, scriptedUser as user, sha256, type UserMode } from '../helpers/tunnel.js';
 
@@ -140,7 +141,7 @@ describe('recovery and bursts with the CLIs\' defaults', () => {
     await Promise.all(processes.splice(0).map((p) => p.stop('SIGKILL')));
   });
 
-  it('after a relay restart, users are served within 1.5 s of the relay listening again', async () => {
+  it('after a relay restart, the agent comes back by itself and users are served again (how soon: a figure)', async () => {
     const service = (await import('node:http')).createServer((_req, res) => res.end('ok'));
     const target = await targets.listen(service);
     const { relay, port, publicPort } = await startRelay();
@@ -167,9 +168,9 @@ describe('recovery and bursts with the CLIs\' defaults', () => {
       served = await get();
       if (!served) await sleep(50);
     }
-    const elapsed = Date.now() - listening;
+    // How soon is a figure for the report, not an assertion: a busy machine may take longer.
+    recordFigure('lifecycle', 'after a relay restart, first user served after it listened', Date.now() - listening, 'ms');
     expect(served).toBe(true);
-    expect(elapsed).toBeLessThanOrEqual(1_500);
   }, 30_000);
 
   it('50 users at once with minCap 1 and a slow interval are all served: the agent dials for them in one go', async () => {
@@ -185,13 +186,12 @@ describe('recovery and bursts with the CLIs\' defaults', () => {
       // What both processes said, for whoever has to find out why a user was turned away.
       throw new Error(`${error.message}\nrelay:\n${relay.lines.slice(-20).join('\n')}\nagent:\n${agent.lines.slice(-40).join('\n')}`);
     });
-    const elapsed = Date.now() - started;
+    recordFigure('lifecycle', '50 users at once with minCap 1: all served after', Date.now() - started, 'ms');
     expect(echoed).toEqual(payloads.map(sha256));
     const status = await agent.waitForStatus((s) => Number(s.finished) === 50, 5_000);
     expect(Number(status.demands)).toBeGreaterThanOrEqual(1);
     expect(Number(status['demand-dials'])).toBeGreaterThanOrEqual(40);
-    // Served by demand, well within the relay's get timeout (5 s), not one per 5 s round.
-    expect(elapsed).toBeLessThan(4_000);
+    // Served by demand within the relay's get timeout (none turned away), not one per 5 s round.
     expect(relay.latestStatus()!['no-connection']).toBe('0');
   }, 30_000);
 });

@@ -60,6 +60,8 @@ export class FlowCarrier {
 
   /** Carries flows until the connection closes; resolves once every flow's socket is closed. */
   run(onProtocolError: (error: Error) => void): Promise<void> {
+    // The connection may have closed while the target's address was looked up: then there is nothing to carry.
+    if (this.#conn.closed) return Promise.resolve();
     readDatagrams(this.#conn, this.#maxDatagram, this.#fromRelay, onProtocolError);
     return new Promise((resolve) => {
       this.#conn.once('close', () => {

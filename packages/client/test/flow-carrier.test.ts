@@ -85,6 +85,18 @@ describe('FlowCarrier', () => {
     expect(counters.flowsOpen).toBe(0);
   });
 
+  it('ends at once for a connection that closed before it ran (while the target was looked up)', async () => {
+    const pair = await connPair({ tls: false });
+    pairs.push(pair);
+    pair.client.on('error', () => {});
+    const closed = new Promise((resolve) => pair.client.once('close', resolve));
+    pair.server.destroy();
+    await closed;
+    const counters: FlowCounters = { flowsOpen: 0, flowFailures: 0, datagramsDropped: { oversized: 0, backpressure: 0 } };
+    await new FlowCarrier(pair.client, { address: '127.0.0.1', family: 4, port: 9 }, 1_400, counters, () => {}).run(() => {});
+    expect(counters.flowsOpen).toBe(0);
+  });
+
   it('drops a target reply over the maximum, and counts it', async () => {
     const target = await boundUdpSocket();
     sockets.push(target);
