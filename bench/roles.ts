@@ -8,7 +8,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import WebSocket, { WebSocketServer, createWebSocketStream } from 'ws';
 import { ClientPool } from '@pool/client';
-import { ServerPool, generateDevCertificate, sendId, type PoolConn } from '@pool/server';
+import { ServerPool, generateDevCertificate, sendId, type PooledConn } from '@pool/server';
 import type { Duplex } from 'node:stream';
 
 setFlagsFromString('--expose-gc');
@@ -178,7 +178,7 @@ async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number 
   const pool = new ServerPool({ host: '127.0.0.1', tls: cert, maxCap, keepAlive });
   const baseline = memory();
   await pool.ServerManager();
-  const handedOut: PoolConn[] = [];
+  const handedOut: PooledConn[] = [];
   process.on('message', async (message: RoleMessage) => {
     if (message.type === 'mem') send({ type: 'mem', ...memory(), baseline, active: pool.Active() });
     if (message.type === 'count') send({ type: 'count', active: pool.Active() });

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Registry } from 'prom-client';
 import { ClientPool, type ClientPoolOptions } from '@pool/client';
-import { ServerPool, type PoolConn, type ServerPoolOptions } from '@pool/server';
+import { ServerPool, type PoolConn, type PooledConn, type ServerPoolOptions } from '@pool/server';
 import { rawUpgrade } from '../helpers/raw-http.js';
 import { hashExactly, writeRandom } from '../helpers/streams.js';
 import { closeServer, listenWs } from '../helpers/ws-pair.js';
@@ -13,7 +13,7 @@ import { closeServer, listenWs } from '../helpers/ws-pair.js';
 // Real ServerPool and ClientPool on loopback, talking real WebSockets.
 
 const pools: Array<ServerPool | ClientPool> = [];
-const conns: PoolConn[] = [];
+const conns: PooledConn[] = [];
 const servers: Server[] = [];
 
 afterEach(async () => {
@@ -46,7 +46,7 @@ async function until(what: string, predicate: () => boolean): Promise<void> {
 }
 
 /** Both ends of one tunnel: the relay hands a connection out, the agent claims it by ID. */
-async function lease(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: PoolConn; agentEnd: PoolConn }> {
+async function lease(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: PooledConn; agentEnd: PooledConn }> {
   const { id, conn: relayEnd } = await relay.IncomingGet(2_000);
   const agentEnd = await agent.OutgoingGet(id, 2_000);
   for (const conn of [relayEnd, agentEnd]) {
@@ -57,7 +57,7 @@ async function lease(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: 
 }
 
 /** Echoes `bytes` random bytes across a tunnel, relay end to agent end and back; true when intact. */
-async function echo(relayEnd: PoolConn, agentEnd: PoolConn, bytes: number): Promise<boolean> {
+async function echo(relayEnd: PooledConn, agentEnd: PooledConn, bytes: number): Promise<boolean> {
   const onData = (data: Buffer): void => void agentEnd.write(data);
   agentEnd.on('data', onData);
   const [sent, back] = await Promise.all([writeRandom(relayEnd, bytes, 4 * 1024, false), hashExactly(relayEnd, bytes)]);
@@ -194,7 +194,7 @@ describe('connection tracker on live pools', () => {
     const { relayEnd, agentEnd } = await lease(relay, agent);
     expect(relay.tracker.stats().byState).toMatchObject({ idle: 0, leased: 1 });
     expect(agent.tracker.stats().byState).toMatchObject({ leased: 1 });
-    expect(agent.tracker.lifecycleOf(agentEnd.webSocket)?.state).toBe('leased');
+    expect(agent.tracker.lifecycleOf((agentEnd as PoolConn).webSocket)?.state).toBe('leased');
 
     await sleep(30);
     // Half-close is negotiated: the agent's end closes its direction once it has read the relay's end-of-stream.
@@ -207,7 +207,7 @@ describe('connection tracker on live pools', () => {
       expect(stats.leaseMs.p50).toBeGreaterThanOrEqual(25);
       expect(stats.reconciled).toBe(0);
     }
-    expect(agent.tracker.lifecycleOf(agentEnd.webSocket)).toBeUndefined();
+    expect(agent.tracker.lifecycleOf((agentEnd as PoolConn).webSocket)).toBeUndefined();
     await until('a refill', () => agent.Active() === 1);
     await Promise.all([relay.Close(), agent.Close()]);
     await until('nothing open on either tracker', () => relay.tracker.stats().open === 0 && agent.tracker.stats().open === 0);

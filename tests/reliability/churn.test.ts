@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ClientPool } from '@pool/client';
-import { ServerPool, type PoolConn } from '@pool/server';
+import { ServerPool, type PooledConn } from '@pool/server';
 import { recordFigure } from '../helpers/figures.js';
 import { activeHandles, handlesAbove } from '../helpers/handles.js';
 
@@ -39,7 +39,7 @@ async function cycle(relay: ServerPool, agent: ClientPool, tally: { waited: numb
   await new Promise((resolve) => setImmediate(resolve));
   if (resolvedBeforeIo) tally.present++;
   else tally.waited++;
-  const agentEnd: PoolConn = await claiming;
+  const agentEnd: PooledConn = await claiming;
   relayEnd.write('r');
   agentEnd.write('a');
   const [[fromRelay], [fromAgent]] = (await Promise.all([once(agentEnd, 'data'), once(relayEnd, 'data')])) as [[Buffer], [Buffer]];

@@ -10,7 +10,8 @@ import {
   TargetUnreachableError,
   splice,
   type DrainResult,
-  type PoolConn,
+  type PooledConn,
+  type TransportName,
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
   AGENT_NAME_HEADER,
@@ -20,12 +21,12 @@ import {
   SESSION_HEADER,
   type ConnectMessage,
   type FlowMessage,
-  CLOSE_TARGET_UNREACHABLE,
   CONTROL_FEATURES,
   CONTROL_FEATURES_HEADER,
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
   CONTROL_SILENCE_PERIODS,
+  CONTROL_PINGS_PER_PERIOD,
   ControlMessageError,
   TOKEN_HEADER,
   checkMs,
@@ -66,6 +67,8 @@ export interface AgentOptions extends ClientPoolOptions {
 
 /** Counters since start; cheap to read. */
 export interface AgentStats {
+  /** How pooled connections travel now (`'tls'` raw, `'websocket'`), or `'unknown'` before the first dial in `'auto'`. */
+  transport: TransportName | 'unknown';
   /** Connect orders received from the relay. */
   orders: number;
   /** Tunnels open right now (a pooled connection carrying UDP flows counts as one). */
@@ -163,7 +166,7 @@ export class Agent extends ErrorCountingEmitter {
   readonly #targetTimeoutMs: number;
   readonly #keepAliveMs: number;
 
-  readonly #tunnelById = new Map<string, PoolConn>();
+  readonly #tunnelById = new Map<string, PooledConn>();
   /** Claims in progress, by connection ID: a `cancel` of the relay's stops one before it succeeds. */
   readonly #claimsById = new Map<string, AbortController>();
   readonly #stats = { orders: 0, finished: 0, claimFailures: 0, targetFailures: 0, demands: 0, unknownServices: 0, controlConnects: 0 };
@@ -223,6 +226,7 @@ export class Agent extends ErrorCountingEmitter {
     return {
       ...this.#stats,
       control: this.#controlState,
+      transport: this.pool.Transport() ?? 'unknown',
       flowsOpen: this.#flowCounters.flowsOpen,
       flowFailures: this.#flowCounters.flowFailures,
       datagramsDropped: { ...this.#flowCounters.datagramsDropped },
@@ -304,9 +308,14 @@ export class Agent extends ErrorCountingEmitter {
       if (this.#keepAliveMs > 0) {
         // As the relay does: two periods of silence end the channel, and it reconnects.
         this.#pingTimer = setInterval(() => {
-          if (performance.now() - lastHeard >= CONTROL_SILENCE_PERIODS * this.#keepAliveMs) ws.terminate();
-          else ws.ping();
-        }, this.#keepAliveMs);
+          if (performance.now() - lastHeard < CONTROL_SILENCE_PERIODS * this.#keepAliveMs) {
+            ws.ping();
+            return;
+          }
+          ws.terminate();
+          // A raw connection has no pings of its own: it shares the fate of the control channel.
+          this.pool.DestroyUnwatched();
+        }, this.#keepAliveMs / CONTROL_PINGS_PER_PERIOD);
       }
     });
     ws.on('pong', heard);
@@ -400,12 +409,12 @@ export class Agent extends ErrorCountingEmitter {
    * serves, and acknowledges the claim; undefined (counted, reported) when it
    * cannot. The connection is then a tunnel until it closes.
    */
-  async #claim(order: ConnectMessage | FlowMessage): Promise<{ conn: PoolConn; target: { host: string; port: number } } | undefined> {
+  async #claim(order: ConnectMessage | FlowMessage): Promise<{ conn: PooledConn; target: { host: string; port: number } } | undefined> {
     const { id } = order;
     this.#stats.orders++;
     const service = order.service ?? DEFAULT_SERVICE;
     const target = this.#targetByService.get(service);
-    let conn: PoolConn;
+    let conn: PooledConn;
     const claiming = new AbortController();
     this.#claimsById.set(id, claiming);
     try {
@@ -423,8 +432,7 @@ export class Agent extends ErrorCountingEmitter {
     if (target === undefined) {
       this.#stats.unknownServices++;
       this.reportError(new UnknownServiceError(service));
-      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'unknown service');
-      conn.destroy();
+      conn.refuseTarget('unknown service');
       return undefined;
     }
     this.#tunnelById.set(id, conn);
@@ -449,8 +457,7 @@ export class Agent extends ErrorCountingEmitter {
       this.#stats.targetFailures++;
       this.reportError(error as Error);
       // A distinct close code lets the relay drop its user at once.
-      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
-      conn.destroy();
+      conn.refuseTarget('target unreachable');
       this.emit('tunnel', { error });
     } finally {
       this.#stats.finished++;
@@ -473,8 +480,7 @@ export class Agent extends ErrorCountingEmitter {
     } catch (error) {
       this.#stats.targetFailures++;
       this.reportError(new TargetUnreachableError(`${target.host}:${target.port}`, `cannot be resolved (${(error as { code?: string }).code ?? (error as Error).message})`, error as Error));
-      conn.webSocket.close(CLOSE_TARGET_UNREACHABLE, 'target unreachable');
-      conn.destroy();
+      conn.refuseTarget('target unreachable');
       this.#stats.finished++;
       return;
     }

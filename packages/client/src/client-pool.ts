@@ -1,6 +1,7 @@
 import { setMaxListeners } from 'node:events';
-import type { IncomingMessage } from 'node:http';
-import { createSecureContext, type ConnectionOptions } from 'node:tls';
+import type { ClientRequestArgs, IncomingMessage } from 'node:http';
+import { connect as connectTcp } from 'node:net';
+import { connect as connectTls, createSecureContext, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
 import WebSocket from 'ws';
 import {
@@ -14,8 +15,23 @@ import {
   type GetOptions,
   type Logger,
   type MetricsOptions,
-  type PoolConn,
+  type PooledConn,
+  type IdleConnection,
+  type TransportName,
   ErrorCountingEmitter,
+  HandshakeClosedError,
+  HandshakeTimeoutError,
+  InvalidOptionError,
+  IdleSocket,
+  PoolConn,
+  POOL_ALPN,
+  RawIdleSocket,
+  TransportUnavailableError,
+  adoptRawConn,
+  encodePreface,
+  parseAnswer,
+  readLine,
+  upgradeRejection,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
   KeepAliveSweeper,
@@ -30,14 +46,12 @@ import {
   negotiated,
   offerHeaders,
   outcomeOf,
-  rawSocketOf,
   receiveIdle,
-  type IdleSocket,
 } from '@pool/shared/internal';
 import { nextBurst, nextCapacity, nextInterval, outageInterval } from './adapt.js';
 import { resolveRelayTarget, type AgentIdentityOptions, type TlsMode } from './server-address.js';
 import { TlsSessionCache } from './tls-session-cache.js';
-import { pinCertificate, type TlsConnect } from './certificate-pin.js';
+import { pinCertificate, tlsOptionsOf, type TlsConnect } from './certificate-pin.js';
 
 /** Options for {@link ClientPool}. */
 export interface ClientPoolOptions {
@@ -66,6 +80,15 @@ export interface ClientPoolOptions {
   halfClose?: boolean;
   /** Transport security. Default: `'verified'` (`'off'` for a `ws://` URL). See {@link TlsMode}. */
   tls?: TlsMode;
+  /**
+   * How pooled connections travel: `'tls'` raw TLS (ALPN `pool/1`: after a
+   * one-line preface and answer, the bytes themselves, with no framing; a
+   * relay that does not choose it fails the dial with
+   * `ERR_TRANSPORT_UNAVAILABLE`); `'websocket'` npws's WebSocket wire (for a
+   * Go npws relay, and paths through HTTP proxies); `'auto'` offers both
+   * and uses what the relay chooses. Default: `'auto'` with TLS, else `'websocket'`.
+   */
+  transport?: 'auto' | 'tls' | 'websocket';
   /** Shared secret sent in the `x-pool-token` upgrade header. Default: none. */
   token?: string;
   /** This agent's key, presented in every TLS handshake (mutual TLS); see {@link AgentIdentityOptions}. Needs TLS. Default: none. */
@@ -176,6 +199,11 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #tls: ConnectionOptions | undefined;
   readonly #token: string | undefined;
   readonly #halfClose: boolean;
+  readonly #transport: 'auto' | 'tls' | 'websocket';
+  /** What the relay chose on the last dial; `'auto'` dials straight to WebSocket once it chose that. */
+  #transportInUse: TransportName | undefined;
+  /** The relay's host and port, for raw dials. */
+  readonly #relay: { host: string; port: number };
   readonly #sweeper: KeepAliveSweeper;
   #headers: Record<string, string>;
   #settingsInput: ClientPoolSettings;
@@ -190,7 +218,7 @@ export class ClientPool extends ErrorCountingEmitter {
   readonly #idle: IdleConnections;
   readonly #leases: LeasedConnections;
   readonly #metrics: PoolMetrics | undefined;
-  readonly #claimWaiters = new Map<string, PendingGet<PoolConn>[]>();
+  readonly #claimWaiters = new Map<string, PendingGet<PooledConn>[]>();
   /** Aborts the manager's dials in flight and its sleep between rounds: on `Close()` or `Drain()`. */
   #run: AbortController | undefined;
   readonly #stats = { dials: 0, dialFailures: 0, rounds: 0, topUps: 0, demandDials: 0 };
@@ -222,7 +250,13 @@ export class ClientPool extends ErrorCountingEmitter {
     super(options.logger);
     const target = resolveRelayTarget(options.server, options.tls, options.identity);
     this.#url = target.url;
-    this.#trackedAddress = new URL(target.url).host;
+    const url = new URL(target.url);
+    this.#trackedAddress = url.host;
+    this.#relay = { host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(url.port || 443) };
+    this.#transport = options.transport ?? (target.tls ? 'auto' : 'websocket');
+    if (!['auto', 'tls', 'websocket'].includes(this.#transport)) throw new InvalidOptionError('transport', this.#transport, "'auto', 'tls' or 'websocket'");
+    if (this.#transport !== 'websocket' && target.tls === undefined) throw new InvalidOptionError('transport', this.#transport, "'websocket' for a ws:// relay: the raw transport is TLS");
+    this.#transportInUse = this.#transport === 'websocket' ? 'websocket' : this.#transport === 'tls' ? 'tls' : undefined;
     // One secure context for every dial: without it tls.connect builds a new one
     // (CA store included) per connection, a tenth of the cost of a fill.
     this.#tls = target.tls && { ...target.tls, secureContext: createSecureContext(target.tls) };
@@ -243,7 +277,7 @@ export class ClientPool extends ErrorCountingEmitter {
     this.#sweeper = new KeepAliveSweeper(this.#settings.keepAliveMs);
     this.#leases = new LeasedConnections(this.#sweeper);
     this.#idle = new IdleConnections(this.#sweeper, this.reportError, (socket) => {
-      this.tracker.transition(socket.webSocket, 'closed');
+      this.tracker.transition(trackingKeyOf(socket), 'closed');
     });
     this.#metrics =
       options.metrics &&
@@ -288,19 +322,19 @@ export class ClientPool extends ErrorCountingEmitter {
    * after `timeoutMs` milliseconds, `ERR_POOL_ABORTED` when `options.signal`
    * aborts, and `ERR_POOL_CLOSED` on `Close()`.
    */
-  OutgoingGet(id: string, timeoutMs: number, options: GetOptions = {}): Promise<PoolConn> {
+  OutgoingGet(id: string, timeoutMs: number, options: GetOptions = {}): Promise<PooledConn> {
     const get = this.#outgoingGet(id, timeoutMs, options);
     return this.#metrics ? this.#metrics.observeGet(get) : get;
   }
 
-  async #outgoingGet(id: string, timeoutMs: number, options: GetOptions): Promise<PoolConn> {
+  async #outgoingGet(id: string, timeoutMs: number, options: GetOptions): Promise<PooledConn> {
     const key = parseId(id);
     checkMs('timeoutMs', timeoutMs);
     if (this.#state === 'closed') throw new PoolClosedError();
     if (this.#state === 'draining') throw new PoolDrainingError();
     const conn = this.#idle.take(key);
     if (conn) return this.#leased(conn);
-    const get: PendingGet<PoolConn> = new PendingGet(timeoutMs, options, () => this.#forgetWaiter(key, get));
+    const get: PendingGet<PooledConn> = new PendingGet(timeoutMs, options, () => this.#forgetWaiter(key, get));
     if (!get.settled) {
       const waiters = this.#claimWaiters.get(key);
       if (waiters) waiters.push(get);
@@ -312,6 +346,14 @@ export class ClientPool extends ErrorCountingEmitter {
   /** True while the manager runs (after `ClientManager()`, until `Close()`). */
   Ready(): boolean {
     return this.#state === 'running';
+  }
+
+  /**
+   * The transport of the latest dials: `'tls'` or `'websocket'`, or
+   * undefined while `'auto'` has not yet heard what the relay chooses.
+   */
+  Transport(): TransportName | undefined {
+    return this.#transportInUse;
   }
 
   /** Idle pooled connections. */
@@ -446,6 +488,18 @@ export class ClientPool extends ErrorCountingEmitter {
     }
     this.#claimWaiters.clear();
     await this.#manager;
+  }
+
+  /**
+   * Destroys every connection, idle and handed out, that has no liveness of
+   * its own (raw TLS, or a WebSocket without keep-alive): for when the relay
+   * is known to be unreachable some other way (an Agent's control channel
+   * went silent). The manager refills. Returns how many.
+   */
+  DestroyUnwatched(): number {
+    const destroyed = this.#idle.destroyUnwatched() + this.#leases.destroyWhere((conn) => !conn.extensions.keepAlive);
+    this.#wakeManager?.('round');
+    return destroyed;
   }
 
   /** Closes every idle connection; the manager refills at once. */
@@ -602,6 +656,8 @@ export class ClientPool extends ErrorCountingEmitter {
     const failed = started > 0 && round.successes === 0;
     if (failed) {
       this.#lastRoundFailed = true;
+      // The relay may come back as another version: ask again what it takes.
+      if (this.#transport === 'auto') this.#transportInUse = undefined;
       this.#interval = outageInterval(this.#interval, minInterval, maxInterval);
     } else if (round.successes > 0) {
       this.#outageOver();
@@ -634,6 +690,32 @@ export class ClientPool extends ErrorCountingEmitter {
 
   async #dialOnce(round: DialRound, signal: AbortSignal): Promise<void> {
     this.#stats.dials++;
+    let socket: IdleConnection;
+    try {
+      socket = this.#transportInUse === 'websocket' ? await this.#dialWebSocket(signal) : await this.#dialRaw(signal);
+    } catch (error) {
+      if (signal.aborted) throw new AbortError('the pool stopped');
+      round.failuresInARow++;
+      this.#stats.dialFailures++;
+      this.reportError(error as Error);
+      throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
+    }
+    this.#metrics?.handshake('success');
+    if (signal.aborted) {
+      this.tracker.transition(trackingKeyOf(socket), 'closed');
+      socket.destroy();
+      return;
+    }
+    round.successes++;
+    round.failuresInARow = 0;
+    const { keepAliveMs } = this.#settings;
+    if (keepAliveMs > 0) socket.transportSocket.setKeepAlive(true, keepAliveMs);
+    this.#admit(socket);
+    this.#outageOver();
+  }
+
+  /** One WebSocket dial, to the ID: npws's wire, with the extensions the relay confirms. */
+  async #dialWebSocket(signal: AbortSignal): Promise<IdleSocket> {
     const offered = this.#extensions();
     const ws = new WebSocket(this.#url, {
       perMessageDeflate: false,
@@ -653,35 +735,71 @@ export class ClientPool extends ErrorCountingEmitter {
     });
     const abort = (): void => ws.terminate();
     signal.addEventListener('abort', abort);
-    let socket: IdleSocket;
     try {
-      socket = await receiveIdle(ws, this.#handshakeTimeoutMs, () => extensions);
+      return await receiveIdle(ws, this.#handshakeTimeoutMs, () => extensions);
     } catch (error) {
       this.tracker.transition(ws, 'closed');
-      if (signal.aborted) throw new AbortError('the pool stopped');
-      this.#metrics?.[upgraded ? 'handshake' : 'dial'](outcomeOf(error));
-      round.failuresInARow++;
-      this.#stats.dialFailures++;
-      this.reportError(error as Error);
-      throw error instanceof PoolError && FINAL_REFUSALS.has(error.code) ? new AbortError(error) : error;
+      if (!signal.aborted) this.#metrics?.[upgraded ? 'handshake' : 'dial'](outcomeOf(error));
+      throw error;
     } finally {
       signal.removeEventListener('abort', abort);
     }
-    this.#metrics?.handshake('success');
-    if (signal.aborted) {
-      this.tracker.transition(ws, 'closed');
-      socket.destroy();
-      return;
-    }
-    round.successes++;
-    round.failuresInARow = 0;
-    const { keepAliveMs } = this.#settings;
-    if (keepAliveMs > 0) rawSocketOf(ws).setKeepAlive(true, keepAliveMs);
-    this.#admit(socket);
-    this.#outageOver();
   }
 
-  #admit(socket: IdleSocket): void {
+  /**
+   * One raw TLS dial, offering ALPN `pool/1` (and `http/1.1` in `'auto'`):
+   * the preface goes out with the handshake's last flight, the answer brings
+   * the ID. A relay that chooses WebSocket makes `'auto'` dial that from now on.
+   */
+  async #dialRaw(signal: AbortSignal): Promise<IdleConnection> {
+    const deadline = performance.now() + this.#handshakeTimeoutMs;
+    const tcp = connectTcp({ ...this.#relay, noDelay: true });
+    tcp.on('error', () => {});
+    const options = {
+      ...this.#tls,
+      ...this.#relay,
+      socket: tcp,
+      ALPNProtocols: this.#transport === 'tls' ? [POOL_ALPN] : [POOL_ALPN, 'http/1.1'],
+    };
+    const socket = this.#tlsConnect ? this.#tlsConnect(options as ClientRequestArgs) : connectTls(tlsOptionsOf(options as ClientRequestArgs));
+    this.tracker.transition(socket, 'dialing', this.#trackedAddress);
+    const abort = (): void => {
+      socket.destroy();
+      tcp.destroy();
+    };
+    signal.addEventListener('abort', abort);
+    let secured = false;
+    try {
+      await secureConnection(socket, this.#handshakeTimeoutMs);
+      secured = true;
+      this.#metrics?.dial('success');
+      if (socket.alpnProtocol !== POOL_ALPN) {
+        socket.destroy();
+        this.tracker.transition(socket, 'closed');
+        const chosen = socket.alpnProtocol || 'no ALPN protocol';
+        if (this.#transport === 'tls') throw new TransportUnavailableError(chosen);
+        this.#transportInUse = 'websocket';
+        this.logger.info({ chosen }, 'the relay takes WebSocket pooled connections only');
+        return await this.#dialWebSocket(signal);
+      }
+      this.#transportInUse = 'tls';
+      this.tracker.transition(socket, 'handshaking');
+      socket.write(encodePreface(this.#headers));
+      const answer = parseAnswer(await readLine(socket, Math.max(1, deadline - performance.now())));
+      if (answer.status !== 200 || !('id' in answer)) throw upgradeRejection(answer.status, 'reason' in answer ? answer.reason : undefined);
+      return new RawIdleSocket(adoptRawConn(socket, answer.id, tcp));
+    } catch (error) {
+      socket.destroy();
+      tcp.destroy();
+      this.tracker.transition(socket, 'closed');
+      if (!signal.aborted) this.#metrics?.[secured ? 'handshake' : 'dial'](outcomeOf(error));
+      throw error;
+    } finally {
+      signal.removeEventListener('abort', abort);
+    }
+  }
+
+  #admit(socket: IdleConnection): void {
     const { id } = socket;
     const waiters = this.#claimWaiters.get(id);
     const waiter = waiters?.find((get) => !get.settled);
@@ -691,16 +809,16 @@ export class ClientPool extends ErrorCountingEmitter {
       waiter.resolve(this.#leased(socket.claim()));
     } else {
       this.#claimWaiters.delete(id);
-      this.tracker.transition(socket.webSocket, 'idle');
+      this.tracker.transition(trackingKeyOf(socket), 'idle');
       this.#idle.add(socket);
     }
     this.emit('connection', id);
   }
 
-  #leased(conn: PoolConn): PoolConn {
-    const ws = conn.webSocket;
-    this.tracker.transition(ws, 'leased');
-    this.#leases.add(conn, () => this.tracker.transition(ws, 'closed'));
+  #leased(conn: PooledConn): PooledConn {
+    const key = trackingKeyOf(conn);
+    this.tracker.transition(key, 'leased');
+    this.#leases.add(conn, () => this.tracker.transition(key, 'closed'));
     this.#takenSinceRound++;
     // The manager replaces what was taken without waiting out its interval, and demand waiting for room goes on.
     this.#wakeManager?.('topUp');
@@ -708,7 +826,7 @@ export class ClientPool extends ErrorCountingEmitter {
     return conn;
   }
 
-  #forgetWaiter(id: string, get: PendingGet<PoolConn>): void {
+  #forgetWaiter(id: string, get: PendingGet<PooledConn>): void {
     const waiters = this.#claimWaiters.get(id);
     if (!waiters) return;
     waiters.splice(waiters.indexOf(get), 1);
@@ -730,4 +848,33 @@ export class ClientPool extends ErrorCountingEmitter {
     });
   }
 
+}
+
+/** What a connection is tracked under from its dial on: its WebSocket, or its TLS socket on the raw transport. */
+function trackingKeyOf(connection: IdleConnection | PooledConn): object {
+  return connection instanceof IdleSocket || connection instanceof PoolConn ? connection.webSocket : connection.transportSocket;
+}
+
+/** Resolves once the TLS handshake is done; rejects with its error, a close, or `ERR_HANDSHAKE_TIMEOUT`. */
+function secureConnection(socket: TLSSocket, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const settle = (error?: Error): void => {
+      clearTimeout(timer);
+      socket.removeListener('secureConnect', onSecure);
+      socket.removeListener('error', settle);
+      socket.removeListener('close', onClose);
+      socket.on('error', () => {});
+      if (error) reject(error);
+      else resolve();
+    };
+    // A certificate pin's check runs first and destroys a connection it refuses: its error follows.
+    const onSecure = (): void => {
+      if (!socket.destroyed) settle();
+    };
+    const onClose = (): void => settle(new HandshakeClosedError(1006));
+    const timer = setTimeout(() => settle(new HandshakeTimeoutError(timeoutMs)), timeoutMs);
+    socket.once('secureConnect', onSecure);
+    socket.once('error', settle);
+    socket.once('close', onClose);
+  });
 }

@@ -1,5 +1,5 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { FlowWriter, readDatagrams, type PoolConn, type ReadFrame } from '@pool/shared/internal';
+import { FlowWriter, readDatagrams, type PooledConn, type ReadFrame } from '@pool/shared/internal';
 
 /** A UDP target by address (resolved once per carrier, not per flow). */
 export interface ResolvedTarget {
@@ -41,7 +41,7 @@ interface FlowSocket {
  * that fails is ended towards the relay. The carrier's close ends every flow.
  */
 export class FlowCarrier {
-  readonly #conn: PoolConn;
+  readonly #conn: PooledConn;
   readonly #target: ResolvedTarget;
   readonly #maxDatagram: number;
   readonly #counters: FlowCounters;
@@ -49,7 +49,7 @@ export class FlowCarrier {
   readonly #socketByFlow = new Map<number, FlowSocket>();
   readonly #onTargetError: (error: Error) => void;
 
-  constructor(conn: PoolConn, target: ResolvedTarget, maxDatagram: number, counters: FlowCounters, onTargetError: (error: Error) => void) {
+  constructor(conn: PooledConn, target: ResolvedTarget, maxDatagram: number, counters: FlowCounters, onTargetError: (error: Error) => void) {
     this.#conn = conn;
     this.#target = target;
     this.#maxDatagram = maxDatagram;

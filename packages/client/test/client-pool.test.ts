@@ -5,7 +5,7 @@ import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocketServer } from 'ws';
-import { ClientPool, type ClientPoolOptions, type PoolConn } from '@pool/client';
+import { ClientPool, type ClientPoolOptions, type PooledConn } from '@pool/client';
 import { ServerPool, idToBytes, type ServerPoolOptions } from '@pool/server';
 import { selfSignedCert } from '../../../tests/helpers/tls-cert.js';
 import { hashStream, nextEvent } from '../../../tests/helpers/streams.js';
@@ -14,7 +14,7 @@ import { closeServer } from '../../../tests/helpers/ws-pair.js';
 
 const relays: ServerPool[] = [];
 const agents: ClientPool[] = [];
-const leased: PoolConn[] = [];
+const leased: PooledConn[] = [];
 
 async function startRelay(options: ServerPoolOptions = {}): Promise<{ relay: ServerPool; port: number }> {
   const relay = new ServerPool({ host: '127.0.0.1', ...options });
@@ -37,7 +37,7 @@ async function until(condition: () => boolean, what: string): Promise<void> {
 }
 
 /** Claims both ends of one pooled connection, as the relay and agent of a tunnel would. */
-async function claimPair(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: PoolConn; agentEnd: PoolConn }> {
+async function claimPair(relay: ServerPool, agent: ClientPool): Promise<{ relayEnd: PooledConn; agentEnd: PooledConn }> {
   const { id, conn: relayEnd } = await relay.IncomingGet(5_000);
   const agentEnd = await agent.OutgoingGet(id, 5_000);
   for (const end of [relayEnd, agentEnd]) {

@@ -1,7 +1,9 @@
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { Server as HttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
-import { TOKEN_HEADER } from '@pool/shared/internal';
+import { POOL_ALPN, TOKEN_HEADER } from '@pool/shared/internal';
 import { normalizeAddress, type Allowlist } from './allowlist.js';
 import { matchToken, type TokenEntry } from './token.js';
 
@@ -13,6 +15,15 @@ const STATUS_TEXT: Record<number, string> = {
   409: 'Conflict',
   503: 'Service Unavailable',
 };
+
+/**
+ * What a new pooled connection asks with: the upgrade request on the
+ * WebSocket transport, the preface's headers and the TLS socket on the raw one.
+ */
+export interface PoolRequest {
+  readonly headers: IncomingHttpHeaders;
+  readonly socket: Socket;
+}
 
 /** Who may open connections: checked on every upgrade request, before any WebSocket exists. */
 export interface AdmissionPolicy {
@@ -29,7 +40,7 @@ export type AdmissionDecision = { refused: 401 | 403 } | { client: string };
  * socket address (forwarding headers are never trusted), and identified by
  * its named token if it presented one, else by that address.
  */
-export function admit(request: IncomingMessage, policy: AdmissionPolicy): AdmissionDecision {
+export function admit(request: PoolRequest, policy: AdmissionPolicy): AdmissionDecision {
   const address = request.socket.remoteAddress;
   if (!policy.allowlist.allows(address)) return { refused: 403 };
   if (policy.tokens === undefined) return { client: normalizeAddress(address ?? '') };
@@ -102,6 +113,8 @@ export class HeadersDeadline {
   }
 
   readonly #arm = (socket: Duplex): void => {
+    // A raw TLS connection sends no request: its preface has a deadline of its own.
+    if ((socket as TLSSocket).alpnProtocol === POOL_ALPN) return;
     const timer = setTimeout(() => socket.destroy(), this.#ms);
     this.#timers.set(socket, timer);
     socket.once('close', () => this.met(socket));

@@ -1,8 +1,8 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import { TLSSocket } from 'node:tls';
 import { SESSION_HEADER, parseFingerprint } from '@pool/shared/internal';
 import { InvalidOptionError } from '@pool/shared';
+import type { PoolRequest } from './admission.js';
 import { parseAllowlist, type Allowlist } from './allowlist.js';
 import type { ControlSession } from './control-session.js';
 
@@ -96,7 +96,7 @@ export class AgentSessions {
    * presented when agents are named, else the one unnamed agent. Undefined
    * for a client that is no agent of ours, or one outside its allowlist.
    */
-  agentOf(request: IncomingMessage, client: string): AgentState | undefined {
+  agentOf(request: PoolRequest, client: string): AgentState | undefined {
     const agent = this.#named ? this.#agentByName.get(client) : this.#agentByName.values().next().value;
     if (agent?.allowlist && !agent.allowlist.allows(request.socket.remoteAddress)) return undefined;
     return agent;
@@ -109,7 +109,7 @@ export class AgentSessions {
    * certificate of the handshake that issued the ticket, so a resumed
    * connection is judged by it too.
    */
-  presentsKey(agent: AgentState, request: IncomingMessage): boolean {
+  presentsKey(agent: AgentState, request: PoolRequest): boolean {
     return agent.fingerprints === undefined || agent.fingerprints.has(keyOf(request) ?? '');
   }
 
@@ -119,7 +119,7 @@ export class AgentSessions {
    * good), a new one for a new instance. `renewed` says the old connections
    * can no longer be claimed.
    */
-  sessionFor(agent: AgentState, instanceId: string, request: IncomingMessage): { text: string; renewed: boolean } {
+  sessionFor(agent: AgentState, instanceId: string, request: PoolRequest): { text: string; renewed: boolean } {
     const key = keyOf(request);
     if (agent.session?.instanceId === instanceId) {
       agent.session.key = key;
@@ -136,7 +136,7 @@ export class AgentSessions {
    * else is refused with 401, so that a token alone never puts a connection
    * in front of users.
    */
-  readonly bind = (request: IncomingMessage, client: string): string | 401 => {
+  readonly bind = (request: PoolRequest, client: string): string | 401 => {
     const agent = this.agentOf(request, client);
     const presented = request.headers[SESSION_HEADER];
     if (agent?.session === undefined || typeof presented !== 'string' || !this.presentsKey(agent, request)) return 401;
@@ -147,7 +147,7 @@ export class AgentSessions {
 }
 
 /** The SHA-256 fingerprint of the client certificate a request's TLS connection presented, if any. */
-function keyOf(request: IncomingMessage): string | undefined {
+function keyOf(request: PoolRequest): string | undefined {
   const { socket } = request;
   return socket instanceof TLSSocket ? socket.getPeerCertificate().fingerprint256 : undefined;
 }

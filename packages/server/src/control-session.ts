@@ -3,7 +3,7 @@ import { setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
 import {
   PoolClosedError,
-  type PoolConn,
+  type PooledConn,
   PendingGet,
   decodeControl,
   encodeControl,
@@ -128,7 +128,7 @@ export class ControlSession {
    * when it did not, when `conn` closed first, when `signal` aborted, or when
    * this channel closed.
    */
-  order(conn: PoolConn, details: Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
+  order(conn: PooledConn, details: Omit<ConnectMessage, 'v' | 'id'> | Omit<FlowMessage, 'v' | 'id'>, timeoutMs: number, signal: AbortSignal): Promise<boolean> {
     this.send({ v: 1, id: conn.id, ...details });
     if (!this.features.has('claimed')) return Promise.resolve(true);
     const { id } = conn;

@@ -1,4 +1,6 @@
 export { ServerPool, DEFAULT_BACKLOG, type ServerPoolOptions, type ServerPoolSettings, type IncomingConnection, type IncomingGetOptions } from './server-pool.js';
+export { selectAlpn, type TransportChoice } from './alpn.js';
+export type { PoolRequest } from './admission.js';
 export type { ClientGroup } from './client-groups.js';
 export { Relay, type RelayOptions, type RelayReload, type RelayStats } from './relay.js';
 export { parseRelayConfig, ConfigError, type RelayConfig, type AgentConfig, type ServiceConfig } from './relay-config.js';

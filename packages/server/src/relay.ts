@@ -11,7 +11,7 @@ import {
   type DrainResult,
   type FlowMessage,
   type ConnectMessage,
-  type PoolConn,
+  type PooledConn,
   splice,
   ErrorCountingEmitter,
   AGENT_ID_HEADER,
@@ -20,6 +20,7 @@ import {
   CONTROL_MAX_BYTES,
   CONTROL_PATH,
   CONTROL_SILENCE_PERIODS,
+  CONTROL_PINGS_PER_PERIOD,
   DEFAULT_SERVICE,
   SERVICES_HEADER,
   checkInt,
@@ -27,6 +28,7 @@ import {
   listen,
   parseControlFeatures,
 } from '@pool/shared/internal';
+import { selectAlpn } from './alpn.js';
 import { HeadersDeadline, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
 import { AgentSessions, type AgentIdentity, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
@@ -54,7 +56,7 @@ export const LIVENESS_PROBE_MS = 1_000;
 
 /** Options for {@link Relay}. */
 export interface RelayOptions
-  extends Pick<ServerPoolOptions, 'tls' | 'maxCap' | 'allow' | 'keepAlive' | 'halfClose' | 'backlog' | 'token' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
+  extends Pick<ServerPoolOptions, 'tls' | 'transport' | 'maxCap' | 'allow' | 'keepAlive' | 'halfClose' | 'backlog' | 'token' | 'headersTimeout' | 'maxPayload' | 'metrics' | 'logger'> {
   /** Interface for the agents' port (pool and control). Default: all interfaces. */
   host?: string;
   /** Port agents connect to (pool connections on `/`, control on `/control`). Default: 0 (any free port). */
@@ -258,7 +260,14 @@ export class Relay extends ErrorCountingEmitter {
     // Agents may present a certificate (their key, where one is pinned); nobody has to,
     // so npws clients and agents without a key connect as before.
     this.#server = options.tls
-      ? createHttpsServer({ requestCert: true, rejectUnauthorized: false, ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
+      ? createHttpsServer({
+          requestCert: true,
+          rejectUnauthorized: false,
+          ...(options.transport !== 'websocket' && { ALPNCallback: selectAlpn }),
+          ...options.tls,
+          ...serverOptions,
+          minVersion: 'TLSv1.3',
+        })
       : createHttpServer(serverOptions);
     this.#headersDeadline = new HeadersDeadline(this.#server, headersTimeout);
     this.pool = new ServerPool({ ...options, tokens: agentTokens(options.agents), server: this.#server, bind: this.#agents.bind });
@@ -302,7 +311,7 @@ export class Relay extends ErrorCountingEmitter {
 
   #startControlPing(): void {
     clearInterval(this.#controlPing);
-    this.#controlPing = this.#keepAliveMs > 0 ? setInterval(this.#pingControls, this.#keepAliveMs).unref() : undefined;
+    this.#controlPing = this.#keepAliveMs > 0 ? setInterval(this.#pingControls, this.#keepAliveMs / CONTROL_PINGS_PER_PERIOD).unref() : undefined;
   }
 
   /** The agents' port, and the public port of each service (`publicPort`: the first service's), once started. */
@@ -631,13 +640,18 @@ export class Relay extends ErrorCountingEmitter {
     });
   }
 
-  /** Once per keep-alive period: pings each control channel, and ends one that has been silent for too long. */
+  /** Twice per keep-alive period: pings each control channel, and ends one that has been silent for too long. */
   readonly #pingControls = (): void => {
     const now = performance.now();
-    for (const { control } of this.#agents.all()) {
+    for (const { name, control } of this.#agents.all()) {
       if (!control) continue;
-      if (now - control.lastHeard >= CONTROL_SILENCE_PERIODS * this.#keepAliveMs) control.ws.terminate();
-      else control.ws.ping();
+      if (now - control.lastHeard >= CONTROL_SILENCE_PERIODS * this.#keepAliveMs) {
+        control.ws.terminate();
+        // A raw connection has no pings of its own: it shares the fate of its agent's control channel.
+        this.pool.DestroyUnwatched(name);
+      } else {
+        control.ws.ping();
+      }
     }
   };
 
@@ -765,7 +779,7 @@ export class Relay extends ErrorCountingEmitter {
    * UDP service; undefined (counted) when there is none within `getTimeout`
    * or the service gives up on it first.
    */
-  readonly #openCarrier = async (service: UdpService, maxDatagram: number, carrierEnded: AbortSignal): Promise<PoolConn | undefined> => {
+  readonly #openCarrier = async (service: UdpService, maxDatagram: number, carrierEnded: AbortSignal): Promise<PooledConn | undefined> => {
     const agent = this.#agents.get(service.config.agent);
     if (agent === undefined || !this.#awaited(agent) || !agent.services.has(service.config.name)) {
       this.#stats.noAgent++;

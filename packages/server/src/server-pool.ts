@@ -1,8 +1,8 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { SecureContextOptions, TlsOptions } from 'node:tls';
+import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
   ConnectionTracker,
@@ -16,6 +16,14 @@ import {
   type GetOptions,
   type Logger,
   type MetricsOptions,
+  type PooledConn,
+  type RawPoolConn,
+  type TransportName,
+  RawIdleSocket,
+  adoptRawConn,
+  encodeAnswer,
+  parsePreface,
+  readLine,
   ErrorCountingEmitter,
   DEFAULT_MAX_PAYLOAD_BYTES,
   IdleConnections,
@@ -33,7 +41,8 @@ import {
   rawSocketOf,
   sendIdFrame,
 } from '@pool/shared/internal';
-import { HeadersDeadline, admit, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy } from './admission.js';
+import { HeadersDeadline, admit, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade, type AdmissionDecision, type AdmissionPolicy, type PoolRequest } from './admission.js';
+import { routeByAlpn, selectAlpn, type TransportChoice } from './alpn.js';
 import { parseAllowlist } from './allowlist.js';
 import { ClientGroups, type ClientGroup } from './client-groups.js';
 import { parseTokens } from './token.js';
@@ -54,9 +63,20 @@ export interface ServerPoolOptions {
   /**
    * An existing http(s) server to attach to instead of listening ourselves. The
    * pool handles upgrades on path `/`; other paths are left to the server's
-   * other `'upgrade'` listeners (answered 404 when there are none).
+   * other `'upgrade'` listeners (answered 404 when there are none). For the
+   * raw TLS transport it must be an https server that selects ALPN `pool/1`
+   * (create it with `ALPNCallback: selectAlpn`); the pool then
+   * takes its TLS connections that negotiated it.
    */
   server?: Server;
+  /**
+   * Which transports pooled connections may use: `'auto'` both, chosen by
+   * the client's ALPN (`pool/1`: raw TLS, the bytes themselves after a
+   * one-line preface; anything else: WebSocket, as npws); `'tls'` raw TLS
+   * only (WebSocket upgrades are refused with 426); `'websocket'` WebSocket
+   * only. Raw TLS needs TLS. Default: `'auto'` with TLS, else `'websocket'`.
+   */
+  transport?: TransportChoice;
   /**
    * Certificate and key (any `tls.createServer` options) for `wss://`. TLS 1.3 is
    * the minimum. Omitted: plain `ws://`, for development and tests only.
@@ -112,7 +132,7 @@ export interface ServerPoolOptions {
    * HTTP status to refuse it with. A relay binds each connection to the live
    * session of the agent that dialled it this way. Default: the client as identified.
    */
-  bind?: (request: IncomingMessage, client: string) => string | 401 | 403 | 503;
+  bind?: (request: PoolRequest, client: string) => string | 401 | 403 | 503;
   /** Publish Prometheus metrics (`pool_*`, label `pool` = `name`, default `'relay'`). Default: none. */
   metrics?: MetricsOptions;
   /** A pino-compatible logger. Default: silent. */
@@ -156,7 +176,8 @@ export interface IncomingGetOptions extends GetOptions {
 export interface IncomingConnection {
   /** The ID the client read; hand it to the agent so it can `OutgoingGet(id)`. */
   id: string;
-  conn: PoolConn;
+  /** A {@link PoolConn} on the WebSocket transport, the TLS socket itself on the raw one. */
+  conn: PooledConn;
   /** The client that dialled it. */
   client: string;
 }
@@ -189,6 +210,10 @@ export class ServerPool extends ErrorCountingEmitter {
   #settings: Settings;
   readonly #listen: { host: string | undefined; port: number; backlog: number };
   readonly #halfClose: boolean;
+  readonly #transport: TransportChoice;
+  readonly #headersTimeoutMs: number;
+  /** Open connections (idle or handed out) by transport. */
+  readonly #openByTransport: Record<TransportName, number> = { websocket: 0, tls: 0 };
   readonly #sweeper: KeepAliveSweeper;
   readonly #ownsServer: boolean;
   readonly #server: Server;
@@ -198,7 +223,9 @@ export class ServerPool extends ErrorCountingEmitter {
   readonly #idle: IdleConnections;
   readonly #leases: LeasedConnections;
   /** Every open connection's ID, idle or handed out (new IDs must avoid all of them), and its client. */
-  readonly #clientById = new Map<string, ClientGroup>();
+  readonly #clientById = new Map<string, { group: ClientGroup; transport: TransportName }>();
+  /** The client of each connection handed out. */
+  readonly #clientOfLease = new WeakMap<PooledConn, string>();
   readonly #clients: ClientGroups;
   readonly #metrics: PoolMetrics | undefined;
   /** The address connections are tracked under, once listening. */
@@ -211,6 +238,8 @@ export class ServerPool extends ErrorCountingEmitter {
   /** Sockets between our accept and ws's callback; counted against `maxCap`, destroyed by `Close()`. */
   readonly #upgrading = new Set<Duplex>();
   #state: State = 'idle';
+  /** Gives the server's raw TLS connections back to HTTP (on `Close()`). */
+  #unrouteRaw: (() => void) | undefined;
   #started: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
   #draining: Promise<DrainResult> | undefined;
@@ -229,13 +258,19 @@ export class ServerPool extends ErrorCountingEmitter {
     this.#bind = options.bind;
     this.#clientMaxCap = new Map(Object.entries(options.clientMaxCap ?? {}).map(([client, cap]) => [client, checkInt(`clientMaxCap.${client}`, cap, 1)]));
     const headersTimeout = checkMs('headersTimeout', options.headersTimeout ?? 10_000, 1);
+    this.#headersTimeoutMs = headersTimeout;
+    const secure = options.server ? options.server instanceof HttpsServer : options.tls !== undefined;
+    this.#transport = options.transport ?? (secure ? 'auto' : 'websocket');
+    if (!['auto', 'tls', 'websocket'].includes(this.#transport)) throw new InvalidOptionError('transport', this.#transport, "'auto', 'tls' or 'websocket'");
+    if (this.#transport !== 'websocket' && !secure) throw new InvalidOptionError('transport', this.#transport, "'websocket' without TLS: the raw transport is TLS");
 
     this.#ownsServer = options.server === undefined;
     const serverOptions = httpTimeouts(headersTimeout);
+    const alpn = this.#transport !== 'websocket' && options.tls?.ALPNProtocols === undefined ? { ALPNCallback: selectAlpn } : {};
     this.#server =
       options.server ??
       (options.tls
-        ? createHttpsServer({ ...options.tls, ...serverOptions, minVersion: 'TLSv1.3' })
+        ? createHttpsServer({ ...options.tls, ...alpn, ...serverOptions, minVersion: 'TLSv1.3' })
         : createHttpServer(serverOptions));
     this.#headersDeadline = this.#ownsServer ? new HeadersDeadline(this.#server, headersTimeout) : undefined;
     this.#wss = new WebSocketServer({
@@ -248,7 +283,7 @@ export class ServerPool extends ErrorCountingEmitter {
     this.#sweeper = new KeepAliveSweeper(this.#settings.keepAliveMs);
     this.#leases = new LeasedConnections(this.#sweeper);
     this.#idle = new IdleConnections(this.#sweeper, this.reportError, (socket) => {
-      this.tracker.transition(rawSocketOf(socket.webSocket), 'closed');
+      this.tracker.transition(socket.transportSocket, 'closed');
       this.#forget(socket.id);
     });
     this.#clients = new ClientGroups(
@@ -279,6 +314,7 @@ export class ServerPool extends ErrorCountingEmitter {
 
   async #start(): Promise<void> {
     this.#server.on('upgrade', this.#onUpgrade);
+    if (this.#transport !== 'websocket' && this.#server instanceof HttpsServer) this.#unrouteRaw = routeByAlpn(this.#server, this.#onRawConnection);
     if (this.#ownsServer) {
       this.#server.on('request', this.#onPlainRequest);
       this.#server.on('error', this.reportError);
@@ -361,6 +397,11 @@ export class ServerPool extends ErrorCountingEmitter {
     return this.#leases.size;
   }
 
+  /** Open pooled connections (idle or handed out) on each transport. */
+  Transports(): Record<TransportName, number> {
+    return { ...this.#openByTransport };
+  }
+
   /** Distinct clients (named token, else IP) with an open connection. */
   Clients(): number {
     return this.#clients.size;
@@ -388,8 +429,19 @@ export class ServerPool extends ErrorCountingEmitter {
    * does for its own: for other upgrade paths on a shared server (the relay's
    * control channel).
    */
-  admit(request: IncomingMessage): AdmissionDecision {
+  admit(request: PoolRequest): AdmissionDecision {
     return admit(request, this.#settings.admission);
+  }
+
+  /**
+   * Destroys every connection of `client`, idle and handed out, that has no
+   * liveness of its own (raw TLS, or a WebSocket without keep-alive): for
+   * when the client is known to be unreachable some other way (a relay's
+   * agent whose control channel went silent). Returns how many.
+   */
+  DestroyUnwatched(client: string): number {
+    const idle = this.#idle.destroyUnwatched(client);
+    return idle + this.#leases.destroyWhere((conn) => !conn.extensions.keepAlive && this.#clientOfLease.get(conn) === client);
   }
 
   /** Closes every idle connection (of `client` when given; handed-out ones are untouched); agents refill. */
@@ -443,6 +495,7 @@ export class ServerPool extends ErrorCountingEmitter {
     this.#state = 'closed';
     this.#stopWork(new PoolClosedError());
     this.#server.removeListener('upgrade', this.#onUpgrade);
+    this.#unrouteRaw?.();
     if (this.#ownsServer) {
       this.#server.removeListener('request', this.#onPlainRequest);
       // Not awaiting 'close': it waits for every socket, handed-out ones included.
@@ -464,22 +517,11 @@ export class ServerPool extends ErrorCountingEmitter {
       if (this.#server.listenerCount('upgrade') === 1) this.#refuse(socket, 404, 'not found');
       return;
     }
-    const decision = admit(request, this.#settings.admission);
-    if ('refused' in decision) return this.#refuse(socket, decision.refused, 'unauthorized');
-    const client = this.#bind ? this.#bind(request, decision.client) : decision.client;
-    if (typeof client === 'number') return this.#refuse(socket, client, client === 503 ? 'not taking connections' : 'unauthorized');
-    if (this.#state !== 'listening') return this.#refuse(socket, 503, 'not taking connections');
-    // maxCap bounds the idle pool; a connection that arrives for a waiting get is handed out at once, never idle.
-    if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap + this.#incomingWaiters.length) return this.#refuse(socket, 503, 'pool full');
-    const clientCap = this.#clientMaxCap.get(client);
-    const upgradingForClient = this.#upgradingByClient.get(client) ?? 0;
-    if (clientCap !== undefined && this.#idle.sizeOf(client) + upgradingForClient >= clientCap + this.Waiting(client)) return this.#refuse(socket, 503, 'pool full for this client');
-    this.#upgradingByClient.set(client, upgradingForClient + 1);
-    const upgraded = (): void => {
-      const left = (this.#upgradingByClient.get(client) ?? 1) - 1;
-      if (left > 0) this.#upgradingByClient.set(client, left);
-      else this.#upgradingByClient.delete(client);
-    };
+    if (this.#transport === 'tls') return this.#refuse(socket, 426, 'this pool takes raw TLS only (ALPN pool/1)');
+    const decision = this.#decide(request);
+    if ('status' in decision) return this.#refuse(socket, decision.status, decision.reason);
+    const { client } = decision;
+    const upgraded = this.#upgradeStarted(client);
     this.#upgrading.add(socket);
     this.tracker.transition(socket, 'handshaking', this.#trackedAddress);
     // ws answers a malformed handshake (bad key or version) itself and never calls back.
@@ -498,6 +540,81 @@ export class ServerPool extends ErrorCountingEmitter {
     });
   };
 
+  /**
+   * Whom a new connection belongs to, or why it is refused (before any
+   * WebSocket or ID exists): the allowlist and token, `bind`, the pool's
+   * state, `maxCap` and `clientMaxCap`. The same on both transports.
+   */
+  #decide(request: PoolRequest): { client: string } | { status: number; reason: string } {
+    const decision = admit(request, this.#settings.admission);
+    if ('refused' in decision) return { status: decision.refused, reason: 'unauthorized' };
+    const client = this.#bind ? this.#bind(request, decision.client) : decision.client;
+    if (typeof client === 'number') return { status: client, reason: client === 503 ? 'not taking connections' : 'unauthorized' };
+    if (this.#state !== 'listening') return { status: 503, reason: 'not taking connections' };
+    // maxCap bounds the idle pool; a connection that arrives for a waiting get is handed out at once, never idle.
+    if (this.#idle.size + this.#upgrading.size >= this.#settings.maxCap + this.#incomingWaiters.length) return { status: 503, reason: 'pool full' };
+    const clientCap = this.#clientMaxCap.get(client);
+    const upgradingForClient = this.#upgradingByClient.get(client) ?? 0;
+    if (clientCap !== undefined && this.#idle.sizeOf(client) + upgradingForClient >= clientCap + this.Waiting(client)) return { status: 503, reason: 'pool full for this client' };
+    return { client };
+  }
+
+  /** Counts a connection of `client` between its admission and its ID; returns what uncounts it. */
+  #upgradeStarted(client: string): () => void {
+    this.#upgradingByClient.set(client, (this.#upgradingByClient.get(client) ?? 0) + 1);
+    return () => {
+      const left = (this.#upgradingByClient.get(client) ?? 1) - 1;
+      if (left > 0) this.#upgradingByClient.set(client, left);
+      else this.#upgradingByClient.delete(client);
+    };
+  }
+
+  /**
+   * A TLS connection that negotiated `pool/1`: the allowlist first, then its
+   * preface (one line within `headersTimeout`), judged as an upgrade request
+   * would be; the answer carries its ID, or the refusal and its reason.
+   */
+  readonly #onRawConnection = (socket: TLSSocket): void => {
+    socket.on('error', this.reportError);
+    if (!this.#settings.admission.allowlist.allows(socket.remoteAddress)) return this.#refuseRaw(socket, 403, 'unauthorized');
+    if (this.#state !== 'listening') return this.#refuseRaw(socket, 503, 'not taking connections');
+    this.#upgrading.add(socket);
+    this.tracker.transition(socket, 'handshaking', this.#trackedAddress);
+    readLine(socket, this.#headersTimeoutMs).then(
+      (line) => {
+        this.#upgrading.delete(socket);
+        let headers: Record<string, string>;
+        try {
+          headers = parsePreface(line);
+        } catch (error) {
+          this.tracker.transition(socket, 'closed');
+          return this.#refuseRaw(socket, 400, (error as Error).message);
+        }
+        const decision = this.#decide({ headers, socket });
+        if ('status' in decision) {
+          this.tracker.transition(socket, 'closed');
+          return this.#refuseRaw(socket, decision.status, decision.reason);
+        }
+        const id = this.#newId(decision.client, 'tls');
+        socket.write(encodeAnswer({ status: 200, id }));
+        this.#pooled(adoptRawConn(socket, id), decision.client);
+      },
+      () => {
+        // Closed, silent or garbled before its preface: nothing was admitted.
+        this.#upgrading.delete(socket);
+        this.tracker.transition(socket, 'closed');
+        this.#metrics?.handshake('ERR_HANDSHAKE_CLOSED');
+      },
+    );
+  };
+
+  #refuseRaw(socket: TLSSocket, status: number, reason: string): void {
+    this.#metrics?.upgradeRejected(status);
+    this.logger.debug({ status, remoteAddress: socket.remoteAddress }, 'raw connection refused');
+    socket.end(encodeAnswer({ status, reason }));
+    socket.setTimeout(this.#headersTimeoutMs, () => socket.destroy());
+  }
+
   #refuse(socket: Duplex, status: number, body: string): void {
     this.#metrics?.upgradeRejected(status);
     this.logger.debug({ status, remoteAddress: (socket as { remoteAddress?: string }).remoteAddress }, 'upgrade refused');
@@ -513,29 +630,43 @@ export class ServerPool extends ErrorCountingEmitter {
       ws.terminate();
       return;
     }
-    const id = generateId((candidate) => this.#clientById.has(candidate));
+    const id = this.#newId(client, 'websocket');
     sendIdFrame(ws, id);
+    const extensions = negotiated(request.headers, this.#extensions());
+    this.#pooled(new IdleSocket(ws, id, extensions, client), client);
+  }
+
+  /** A fresh ID, unique among the open connections, taken for `client` until its connection closes. */
+  #newId(client: string, transport: TransportName): string {
+    const id = generateId((candidate) => this.#clientById.has(candidate));
+    this.#clientById.set(id, { group: this.#clients.join(client), transport });
+    this.#openByTransport[transport]++;
     this.#metrics?.handshake('success');
-    this.#clientById.set(id, this.#clients.join(client));
+    return id;
+  }
+
+  /** A connection that has its ID: handed to the first get waiting for its client, else kept idle. */
+  #pooled(connection: IdleSocket | RawPoolConn, client: string): void {
+    const socket = connection.transportSocket;
     const { keepAliveMs } = this.#settings;
     if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
-
-    const extensions = negotiated(request.headers, this.#extensions());
     const index = this.#incomingWaiters.findIndex((waiter) => !waiter.get.settled && (waiter.client === undefined || waiter.client === client));
     if (index >= 0) {
       const [waiter] = this.#incomingWaiters.splice(index, 1);
-      waiter!.get.resolve(this.#leased(new PoolConn(ws, id, { extensions }), client));
+      const conn = connection instanceof IdleSocket ? new PoolConn(connection.webSocket, connection.id, { extensions: connection.extensions }) : connection;
+      waiter!.get.resolve(this.#leased(conn, client));
     } else {
       this.tracker.transition(socket, 'idle');
-      this.#idle.add(new IdleSocket(ws, id, extensions, client));
+      this.#idle.add(connection instanceof IdleSocket ? connection : new RawIdleSocket(connection, client));
     }
-    this.emit('connection', id);
+    this.emit('connection', connection.id);
   }
 
-  /** A connection leaves the pool: its ID stays taken, and its client present, until its WebSocket closes. */
-  #leased(conn: PoolConn, client: string): IncomingConnection {
-    const socket = rawSocketOf(conn.webSocket);
+  /** A connection leaves the pool: its ID stays taken, and its client present, until its transport closes. */
+  #leased(conn: PooledConn, client: string): IncomingConnection {
+    const socket = conn.transportSocket;
     this.tracker.transition(socket, 'leased');
+    this.#clientOfLease.set(conn, client);
     this.#leases.add(conn, () => {
       this.tracker.transition(socket, 'closed');
       this.#forget(conn.id);
@@ -543,12 +674,13 @@ export class ServerPool extends ErrorCountingEmitter {
     return { id: conn.id, conn, client };
   }
 
-  /** A connection's WebSocket has closed: its ID is free again. */
+  /** A connection's transport has closed: its ID is free again. */
   #forget(id: string): void {
-    const group = this.#clientById.get(id);
-    if (group === undefined) return;
+    const open = this.#clientById.get(id);
+    if (open === undefined) return;
     this.#clientById.delete(id);
-    this.#clients.leave(group);
+    this.#openByTransport[open.transport]--;
+    this.#clients.leave(open.group);
   }
 
   /** The extensions this pool offers its clients now. */

@@ -1,6 +1,6 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
-import { FlowWriter, MAX_FLOW_NUMBER, readDatagrams, type Endpoint, type PoolConn, type ReadFrame } from '@pool/shared/internal';
+import { FlowWriter, MAX_FLOW_NUMBER, readDatagrams, type Endpoint, type PooledConn, type ReadFrame } from '@pool/shared/internal';
 import type { ServiceStats } from './public-service.js';
 import type { ServiceConfig } from './relay-config.js';
 
@@ -54,7 +54,7 @@ export interface UdpStats {
 }
 
 /** Gets a pooled connection the agent has claimed as a carrier of the service's flows, or undefined (counted by the caller's stats). */
-export type FlowOpener = (service: UdpService, maxDatagram: number, signal: AbortSignal) => Promise<PoolConn | undefined>;
+export type FlowOpener = (service: UdpService, maxDatagram: number, signal: AbortSignal) => Promise<PooledConn | undefined>;
 
 /**
  * What a flow keeps while its carrier is being claimed: at most 64
@@ -75,7 +75,7 @@ const MAX_CARRIERS = 4;
 
 /** A pooled connection that carries flows of one service, each under its own number. */
 class Carrier {
-  conn: PoolConn | undefined;
+  conn: PooledConn | undefined;
   writer: FlowWriter | undefined;
   readonly flowByNumber = new Map<number, UdpFlow>();
   /** Aborts when the carrier ends, so that a claim still running gives up. */
@@ -278,7 +278,7 @@ export class UdpService {
     return carrier;
   }
 
-  #opened(carrier: Carrier, conn: PoolConn | undefined): void {
+  #opened(carrier: Carrier, conn: PooledConn | undefined): void {
     if (conn === undefined || carrier.ended) {
       conn?.destroy();
       for (const flow of carrier.flowByNumber.values()) {

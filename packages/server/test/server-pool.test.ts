@@ -5,14 +5,14 @@ import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { ServerPool, type ServerPoolOptions, type PoolConn } from '@pool/server';
+import { ServerPool, type ServerPoolOptions, type PoolConn, type PooledConn } from '@pool/server';
 import { dialPool, rawUpgrade } from '../../../tests/helpers/raw-http.js';
 import { closed } from '../../../tests/helpers/streams.js';
 import { activeHandles, handlesAbove } from '../../../tests/helpers/handles.js';
 import { selfSignedCert } from '../../../tests/helpers/tls-cert.js';
 
 let pool: ServerPool | undefined;
-const clientConns: PoolConn[] = [];
+const clientConns: PooledConn[] = [];
 
 async function startPool(options: ServerPoolOptions = {}): Promise<{ pool: ServerPool; url: string; port: number }> {
   pool = new ServerPool({ host: '127.0.0.1', ...options });
@@ -30,7 +30,7 @@ async function dial(url: string, options?: Parameters<typeof dialPool>[1]): Prom
 }
 
 /** IncomingGet, with the handed-out end owned by the test (error listener, destroyed after). */
-async function incoming(p: ServerPool, timeoutMs: number, options?: { signal?: AbortSignal }): Promise<{ id: string; conn: PoolConn }> {
+async function incoming(p: ServerPool, timeoutMs: number, options?: { signal?: AbortSignal }): Promise<{ id: string; conn: PooledConn }> {
   const handed = await p.IncomingGet(timeoutMs, options);
   handed.conn.on('error', () => {});
   clientConns.push(handed.conn);

@@ -6,6 +6,7 @@ export * from './core/errors.js';
 export { ID_BYTES, isValidId, parseId, idToBytes, generateId } from './wire/id.js';
 export { NO_EXTENSIONS, type Extensions } from './wire/extensions.js';
 export { PoolConn, type PoolConnOptions } from './wire/pool-conn.js';
+export type { PooledConn, TransportName } from './transport/pooled-conn.js';
 export { sendId, receiveId } from './wire/handshake.js';
 export { splice, type SpliceResult } from './pool/splice.js';
 export type { GetOptions } from './pool/pending-get.js';

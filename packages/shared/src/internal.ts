@@ -5,7 +5,7 @@ export * from './index.js';
 export { checkMs, checkInt, checkOrdered } from './core/options.js';
 export * from './wire/protocol.js';
 export { offerHeaders, negotiated, confirmHeaderLines } from './wire/extensions.js';
-export { rawSocketOf } from './wire/pool-conn.js';
+export { rawSocketOf, CLOSE_TARGET_UNREACHABLE } from './wire/pool-conn.js';
 export { sendIdFrame, receiveIdle, upgradeRejection, readUpgradeRejection } from './wire/handshake.js';
 export * from './wire/control.js';
 export {
@@ -23,7 +23,11 @@ export {
   type ReadFrame,
   type DatagramSink,
 } from './wire/datagram.js';
-export { IdleSocket, type IdleSocketOwner } from './pool/idle-socket.js';
+export { IdleSocket } from './pool/idle-socket.js';
+export type { IdleConnection, IdleConnectionOwner } from './transport/pooled-conn.js';
+export { POOL_ALPN, MAX_PREFACE_BYTES, encodePreface, parsePreface, encodeAnswer, parseAnswer, takeLine, type RawAnswer } from './transport/raw/preface.js';
+export { readLine } from './transport/raw/read-line.js';
+export { RAW_EXTENSIONS, RawIdleSocket, adoptRawConn, type RawPoolConn } from './transport/raw/raw-conn.js';
 export { IdleConnections } from './pool/idle-connections.js';
 export { KeepAliveSweeper, livenessAction, SWEEPS_PER_PERIOD, PING_AFTER_PERIODS, DEAD_AFTER_PERIODS, type LivenessAction, type Pingable } from './pool/keep-alive.js';
 export { PendingGet } from './pool/pending-get.js';

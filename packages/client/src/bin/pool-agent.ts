@@ -21,6 +21,14 @@ function tlsOf(caFile: string | undefined, fingerprint: string | undefined, mode
   return mode as TlsMode | undefined;
 }
 
+/** --transport as the pool's option; over plain ws:// only WebSocket exists, and auto means that. */
+function transportFlag(value: string, plain: boolean): 'auto' | 'tls' | 'websocket' {
+  const transport = value === 'wss' ? 'websocket' : value;
+  if (transport !== 'auto' && transport !== 'tls' && transport !== 'websocket') throw new Error(`--transport ${JSON.stringify(value)}: expected auto, tls or wss`);
+  if (plain && transport === 'tls') throw new Error('--transport tls needs TLS, and the relay is reached over plain ws://');
+  return plain ? 'websocket' : transport;
+}
+
 async function main(): Promise<void> {
   const flags = parseCommandLine(
     COMMAND,
@@ -37,6 +45,7 @@ async function main(): Promise<void> {
       tls: { type: 'string', description: 'verified | insecure (self-signed relay) | off (default: verified; off for a ws:// server)' },
       'tls-ca': { type: 'string', description: 'PEM file of the CA (or self-signed cert) to trust instead of the system CAs' },
       'tls-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the relay's certificate, as pool-relay prints it: only that certificate is accepted" },
+      transport: { type: 'string', description: 'how pooled connections travel: auto (raw TLS when the relay takes it, else WebSocket) | tls (raw TLS, ALPN pool/1) | wss (WebSocket, for npws relays and HTTP proxies)', default: 'auto' },
       token: { type: 'string', description: 'shared secret the relay expects' },
       'key-dir': { type: 'string', description: "keep this agent's key and certificate here (agent.key, agent.crt; made on the first start) and present them to the relay, which pins the fingerprint printed at start" },
       'min-cap': { type: 'string', description: 'pool capacity floor: idle connections kept for a burst of new users', default: '128', range: [1, 1_000_000] },
@@ -65,6 +74,7 @@ async function main(): Promise<void> {
   const plain = servers.find((server) => /^ws:\/\//i.test(server));
   if (pinFlag && plain !== undefined) throw new Error(`${pinFlag} needs TLS, and --server ${plain} is plain ws://: give host:port or wss://`);
   const tls = tlsOf(flags['tls-ca'] as string | undefined, flags['tls-fingerprint'] as string | undefined, flags.tls as string | undefined);
+  const transport = transportFlag(String(flags.transport), plain !== undefined || tls === 'off' || tls === '0');
   const keyDir = flags['key-dir'] === undefined ? undefined : String(flags['key-dir']);
   if (keyDir !== undefined && (tls === 'off' || tls === '0' || plain !== undefined)) throw new Error('--key-dir needs TLS: the key is proven in the TLS handshake, and plain ws:// has none');
   const identity = keyDir === undefined ? undefined : await keptCertificate(keyDir, [], 'agent');
@@ -83,6 +93,7 @@ async function main(): Promise<void> {
       services,
       name: flags.name === undefined ? undefined : String(flags.name),
       tls,
+      transport,
       token: flags.token === undefined ? undefined : String(flags.token),
       ...(identity && { identity: { cert: identity.cert, key: identity.key } }),
       minCap: numberFlag(flags, 'min-cap'),
@@ -113,7 +124,7 @@ async function main(): Promise<void> {
     () =>
       agents.map(({ server, agent }) => {
         const s = agent.stats();
-        return `relay=${server} control=${s.control} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} flow-failures=${s.flowFailures} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
+        return `relay=${server} control=${s.control} transport=${s.transport === 'websocket' ? 'wss' : s.transport} idle=${s.idle} capacity=${s.capacity} interval=${s.interval}ms open=${s.open} orders=${s.orders} finished=${s.finished} dials=${s.dials} demands=${s.demands} demand-dials=${s.demandDials} rounds=${s.rounds} top-ups=${s.topUps} claim-failures=${s.claimFailures} target-failures=${s.targetFailures} flows=${s.flowsOpen} flow-failures=${s.flowFailures} udp-dropped=${s.datagramsDropped.oversized + s.datagramsDropped.backpressure} errors=${agent.ErrorCount()}`;
       }),
     numberFlag(flags, 'status-interval'),
   );

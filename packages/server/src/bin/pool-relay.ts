@@ -38,6 +38,7 @@ async function main(): Promise<void> {
       'tls-name': { type: 'string', description: 'without --tls-cert: the names (hosts, IPs) the generated certificate is for, comma-separated', default: LOOPBACK_NAMES.join(',') },
       'tls-dir': { type: 'string', description: 'without --tls-cert: keep the generated certificate here (relay.crt, relay.key) and reuse it across restarts, for agents to pin' },
       plain: { type: 'boolean', description: 'plain ws:// for agents (development only)' },
+      transport: { type: 'string', description: "how agents' pooled connections may travel: auto (raw TLS for agents that offer ALPN pool/1, WebSocket for the others) | tls (raw TLS only) | wss (WebSocket only)", default: 'auto' },
       allow: { type: 'string', description: 'comma-separated agent IPs / CIDR ranges (default: any)' },
       token: { type: 'string', description: 'shared secret agents must present' },
       'agent-fingerprint': { type: 'string', description: "SHA-256 fingerprint of the agent's key, as pool-agent --key-dir prints it: a connection without that key gets nothing, token or not (with --config: agents.NAME.fingerprint)" },
@@ -59,6 +60,9 @@ async function main(): Promise<void> {
   const allow = flags.allow === undefined ? undefined : String(flags.allow).split(',').map((entry) => entry.trim()).filter(Boolean);
   if (allow?.length === 0) throw new Error(`--allow ${JSON.stringify(flags.allow)}: an empty allowlist; give IPs or CIDR ranges, or leave --allow out to admit everyone`);
   if (flags.plain && (flags['tls-cert'] || flags['tls-key'])) throw new Error('--plain and --tls-cert/--tls-key exclude each other');
+  const transport = flags.transport === 'wss' ? 'websocket' : String(flags.transport);
+  if (transport !== 'auto' && transport !== 'tls' && transport !== 'websocket') throw new Error(`--transport ${JSON.stringify(flags.transport)}: expected auto, tls or wss`);
+  if (flags.plain && wasGiven(flags, 'transport') && transport !== 'websocket') throw new Error(`--transport ${String(flags.transport)} needs TLS, and --plain has none`);
   const configFile = flags.config === undefined ? undefined : String(flags.config);
   if (configFile !== undefined && flags.udp) throw new Error(`--udp: with --config, each service says its protocol in ${configFile}`);
   const readConfig = (): RelayConfig => parseRelayConfig(readFileSync(configFile!, 'utf8'), configFile!);
@@ -134,6 +138,7 @@ async function main(): Promise<void> {
       },
     }),
     tls: tls && { cert: tls.cert, key: tls.key },
+    transport: tls ? transport : 'websocket',
     allow,
     token: flags.token === undefined ? undefined : String(flags.token),
     agentFingerprint,
@@ -178,7 +183,8 @@ async function main(): Promise<void> {
         udp.length === 0
           ? ''
           : ` flows=${udpSum((_udp, service) => service.open)} flows-evicted=${udpSum((u) => u.flowsEvicted)} carriers=${udpSum((u) => u.carriers)} udp-dropped=${udpSum((u) => Object.values(u.dropped).reduce((a, b) => a + b, 0))}`;
-      return `agent=${s.agentConnected ? 'up' : 'down'} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} lost-orders=${s.lostOrders} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
+      const { websocket, tls: raw } = relay.pool.Transports();
+      return `agent=${s.agentConnected ? 'up' : 'down'} pooled-tls=${raw} pooled-wss=${websocket} idle=${s.idle}/${relay.pool.Capacity()} open=${s.open} waiting=${s.waiting} accepted=${s.accepted} finished=${s.finished} failed=${s.failed} no-connection=${s.noConnection} no-agent=${s.noAgent} departed=${s.departed} refused-busy=${busy} claim-retries=${s.claimRetries} lost-orders=${s.lostOrders} replaced=${s.controlReplaced} refused=${s.controlRefused} conflicts=${s.controlConflicts} agents-up=${Object.entries(s.agents).filter(([, agent]) => agent.connected).map(([name]) => name).join(',') || '-'} errors=${relay.ErrorCount()}${flows}`;
     },
     numberFlag(flags, 'status-interval'),
   );

@@ -206,3 +206,10 @@ export class ServiceListenError extends PoolError {
     super('ERR_SERVICE_LISTEN', `service ${service} cannot listen on ${address}: ${(cause as { code?: string }).code ?? cause.message}`, { cause });
   }
 }
+
+/** The relay did not choose the raw TLS transport (ALPN `pool/1`) that this pool was told to use alone. */
+export class TransportUnavailableError extends PoolError {
+  constructor(chosen: string) {
+    super('ERR_TRANSPORT_UNAVAILABLE', `the relay does not take the raw TLS transport (ALPN pool/1; it chose ${chosen}): use transport 'auto' or 'websocket'`);
+  }
+}

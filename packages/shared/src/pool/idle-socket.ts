@@ -1,17 +1,13 @@
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { ProtocolError } from '../core/errors.js';
-import { PoolConn } from '../wire/pool-conn.js';
+import type { IdleConnection, IdleConnectionOwner } from '../transport/pooled-conn.js';
+import { PoolConn, rawSocketOf } from '../wire/pool-conn.js';
 import { isEndOfStream, type Extensions } from '../wire/extensions.js';
 import { CLOSE_UNSUPPORTED_DATA } from '../wire/protocol.js';
 
 /** Bytes kept for the claimer of an idle connection before its socket is paused (backpressure). */
 const IDLE_BUFFER_BYTES = 64 * 1024;
-
-/** Told about what happens to idle sockets; one per pool, shared by all its sockets. */
-export interface IdleSocketOwner {
-  onError(error: Error): void;
-  onGone(socket: IdleSocket): void;
-}
 
 const idleSocketByWebSocket = new WeakMap<WebSocket, IdleSocket>();
 
@@ -22,14 +18,15 @@ const idleSocketByWebSocket = new WeakMap<WebSocket, IdleSocket>();
  * a Duplex stream and its handlers for each. Handlers are shared functions
  * that find their IdleSocket through a WeakMap, not per-socket closures.
  */
-export class IdleSocket {
+export class IdleSocket implements IdleConnection {
   readonly id: string;
   readonly webSocket: WebSocket;
   /** What the connection negotiated on its upgrade. */
   readonly extensions: Extensions;
   /** Who dialled it, as the pool groups connections (a relay: the token's name, else the IP). */
   readonly client: string;
-  owner: IdleSocketOwner | undefined;
+  readonly transport = 'websocket';
+  owner: IdleConnectionOwner | undefined;
   #chunks: Buffer[] | undefined;
   #bytes = 0;
   /** The peer's end-of-stream arrived (half-close): nothing more may. */
@@ -51,6 +48,10 @@ export class IdleSocket {
     return this.webSocket.readyState === WebSocket.OPEN;
   }
 
+  get transportSocket(): Socket {
+    return rawSocketOf(this.webSocket);
+  }
+
   /** Hands the connection, and every byte kept for it, to a new PoolConn. */
   claim(): PoolConn {
     this.#detach();
@@ -61,6 +62,21 @@ export class IdleSocket {
   destroy(error?: Error): void {
     if (error) this.owner?.onError(error);
     this.webSocket.terminate();
+  }
+
+  close(code: number, graceMs: number): Promise<void> {
+    if (!this.transportOpen) {
+      this.destroy();
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.destroy(), graceMs);
+      this.webSocket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.webSocket.close(code);
+    });
   }
 
   /** @internal Takes a message that arrived while idle; false if it breaks the protocol. */

@@ -1,7 +1,8 @@
 import type { IdleConnections } from './idle-connections.js';
 import type { KeepAliveSweeper } from './keep-alive.js';
 import type { Logger } from '../observability/logger.js';
-import type { PoolConn } from '../wire/pool-conn.js';
+import type { PooledConn } from '../transport/pooled-conn.js';
+import { PoolConn } from '../wire/pool-conn.js';
 
 /** Payload bytes moved through a pool's leased connections. */
 export interface LeasedBytes {
@@ -27,7 +28,7 @@ export interface DrainResult {
  * keep-alive periods.
  */
 export class LeasedConnections {
-  readonly #open = new Set<PoolConn>();
+  readonly #open = new Set<PooledConn>();
   readonly #closedBytes: LeasedBytes = { read: 0, written: 0 };
   readonly #sweeper: KeepAliveSweeper;
   #emptied: Array<() => void> = [];
@@ -40,18 +41,26 @@ export class LeasedConnections {
     return this.#open.size;
   }
 
-  /** Tracks a connection just handed out; `onClosed` runs once when its WebSocket closes. */
-  add(conn: PoolConn, onClosed: (conn: PoolConn) => void): void {
+  /** Tracks a connection just handed out; `onClosed` runs once when its transport closes. */
+  add(conn: PooledConn, onClosed: (conn: PooledConn) => void): void {
     this.#open.add(conn);
-    if (conn.extensions.keepAlive && conn.transportOpen) this.#sweeper.track(conn);
+    const pinged = conn instanceof PoolConn && conn.extensions.keepAlive && conn.transportOpen;
+    if (pinged) this.#sweeper.track(conn);
     conn.once('transportClose', () => {
-      this.#sweeper.untrack(conn);
+      if (pinged) this.#sweeper.untrack(conn);
       this.#open.delete(conn);
       this.#closedBytes.read += conn.bytesRead;
       this.#closedBytes.written += conn.bytesWritten;
       onClosed(conn);
       if (this.#open.size === 0) for (const resolve of this.#emptied.splice(0)) resolve();
     });
+  }
+
+  /** Destroys every open lease that `select` picks; returns how many. */
+  destroyWhere(select: (conn: PooledConn) => boolean): number {
+    const doomed = [...this.#open].filter(select);
+    for (const conn of doomed) conn.destroy();
+    return doomed.length;
   }
 
   /** Bytes through every connection ever leased. O(open leases). */

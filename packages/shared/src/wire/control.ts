@@ -12,10 +12,14 @@ export const CONTROL_PATH = '/control';
 export const CONTROL_VERSION = 1;
 /**
  * Keep-alive periods of silence (no message, ping or pong) after which either
- * end of a control channel ends it (the agent then reconnects): a margin
- * that a relay or agent busy with a burst does not exhaust.
+ * end of a control channel ends it (the agent then reconnects). Both ends
+ * ping it every half period, so a dead path is found within two periods, as
+ * on a pooled connection: raw TLS pooled connections, which carry no pings,
+ * share the fate of their agent's control channel.
  */
-export const CONTROL_SILENCE_PERIODS = 2;
+export const CONTROL_SILENCE_PERIODS = 1.5;
+/** Pings per keep-alive period on a control channel. */
+export const CONTROL_PINGS_PER_PERIOD = 2;
 /** Largest control message accepted, in bytes. */
 export const CONTROL_MAX_BYTES = 4 * 1024;
 /** Upgrade header naming the agent instance, so a relay can tell a restart from a reconnect. */
@@ -35,9 +39,6 @@ export const SESSION_HEADER = 'x-pool-session';
 export const DEFAULT_SERVICE = 'default';
 /** Service and agent names: what a config file, a flag and a header can all carry. */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
-/** Close code an agent sends on a pool connection whose target refused: the relay drops the user at once. */
-export const CLOSE_TARGET_UNREACHABLE = 4502;
-
 /**
  * Upgrade header in which an agent lists the control features it speaks
  * beyond `connect` (comma-separated): `claimed` (it acknowledges each claim,

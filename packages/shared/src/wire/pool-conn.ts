@@ -6,6 +6,10 @@ import WebSocket from 'ws';
 import { ConnectionClosedError, ProtocolError, TransportClosedError } from '../core/errors.js';
 import { NO_EXTENSIONS, isEndOfStream, type Extensions } from './extensions.js';
 import { CLEAN_CLOSE_CODES, CLOSE_UNSUPPORTED_DATA, END_OF_STREAM, MAX_SEND_MESSAGE_BYTES } from './protocol.js';
+import type { PooledConn } from '../transport/pooled-conn.js';
+
+/** Close code of a pooled connection whose target the agent could not reach: the relay drops its user at once. */
+export const CLOSE_TARGET_UNREACHABLE = 4502;
 
 const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
 
@@ -56,9 +60,10 @@ export function rawSocketOf(ws: WebSocket): Socket {
  * `'transportClose'` once the WebSocket itself has closed, which a pool uses to
  * drop an idle connection whose stream nobody is reading.
  */
-export class PoolConn extends Duplex {
+export class PoolConn extends Duplex implements PooledConn {
   /** The connection ID, 8 lowercase hex characters. */
   readonly id: string;
+  readonly transport = 'websocket';
   /** The underlying WebSocket. An escape hatch: writing to it directly corrupts the stream. */
   readonly webSocket: WebSocket;
   /** Payload bytes received from the peer. */
@@ -136,6 +141,17 @@ export class PoolConn extends Duplex {
   /** True while the WebSocket is open: the only state in which a pool may hand this out. */
   get transportOpen(): boolean {
     return this.webSocket.readyState === WebSocket.OPEN;
+  }
+
+  /** The TCP or TLS socket under the WebSocket. An escape hatch: writing to it directly corrupts the stream. */
+  get transportSocket(): Socket {
+    return this.#socket;
+  }
+
+  /** Closes with 4502 (target unreachable), so that the relay drops its user at once, and destroys the stream. */
+  refuseTarget(reason: string): void {
+    if (this.webSocket.readyState === WebSocket.OPEN) this.webSocket.close(CLOSE_TARGET_UNREACHABLE, reason);
+    this.destroy();
   }
 
   /** Whether the transport is TLS (`wss://`). */
