@@ -66,14 +66,14 @@ async function figures(start: (target: number) => Promise<{ port: number; pids: 
   }
 }
 
-/** The pair with the CLIs' defaults (TLS between them, self-signed), in front of `target`. */
-async function pair(target: number): Promise<{ port: number; pids: number[]; kill: () => void }> {
+/** The pair with the CLIs' defaults (TLS between them, self-signed) but the agent's `--transport`, in front of `target`. */
+async function pair(transport: 'tls' | 'wss', target: number): Promise<{ port: number; pids: number[]; kill: () => void }> {
   const relay = await spawnUntil(
     [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
     / ready port=(\d+) public-port=(\d+)/,
   );
   const agent = await spawnUntil(
-    [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${relay.match[1]}`, '--target', `127.0.0.1:${target}`, '--tls', 'insecure', '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
+    [`${ROOT}packages/client/dist/bin/pool-agent.js`, '--server', `127.0.0.1:${relay.match[1]}`, '--target', `127.0.0.1:${target}`, '--tls', 'insecure', '--transport', transport, '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
     /control connected/,
   );
   return {
@@ -87,12 +87,12 @@ async function pair(target: number): Promise<{ port: number; pids: number[]; kil
 }
 
 /**
- * 11. The data plane beside its floor: the pair (CLIs with their defaults)
- * and the Node TLS pipe (two processes that only pipe, TLS 1.3 between them),
+ * 11. The data plane beside its floor: the pair (CLIs with their defaults,
+ * on each transport) and the Node TLS pipe (two processes that only pipe, TLS 1.3 between them),
  * each in front of the same targets: one tunnel's bulk throughput and the CPU
  * both processes spend per GB, 50 keep-alive HTTP users, idle memory.
  */
-export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: number): Promise<{ pair: DataPlaneFigures; pipe: DataPlaneFigures }> {
+export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: number): Promise<{ tls: DataPlaneFigures; wss: DataPlaneFigures; pipe: DataPlaneFigures }> {
   const targets = await spawnUntil(
     [
       '-e',
@@ -106,7 +106,8 @@ export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: 
   const ports = { sink: Number(targets.match[1]), web: Number(targets.match[2]) };
   try {
     return {
-      pair: await figures(pair, ports, bytes, rounds, httpSeconds),
+      tls: await figures((target) => pair('tls', target), ports, bytes, rounds, httpSeconds),
+      wss: await figures((target) => pair('wss', target), ports, bytes, rounds, httpSeconds),
       pipe: await figures((target) => nodeTlsPipe(target), ports, bytes, rounds, httpSeconds),
     };
   } finally {

@@ -20,7 +20,7 @@ afterAll(async () => {
   targets.closeAll();
 });
 
-describe('every tunnel ends, in every close order (relay and agent as processes)', () => {
+describe.each([['tls'], ['wss']])('every tunnel ends, in every close order (relay and agent as processes, --transport %s)', (transport) => {
   let relay: CliProcess;
   let agent: CliProcess;
   let publicPort: number;
@@ -36,11 +36,13 @@ describe('every tunnel ends, in every close order (relay and agent as processes)
     const started = await startRelay(['--status-interval', '50']);
     relay = started.relay;
     publicPort = started.publicPort;
-    agent = await startAgent(started.port, target, ['--status-interval', '50', '--min-cap', '8', '--max-cap', '8']);
+    agent = await startAgent(started.port, target, ['--status-interval', '50', '--min-cap', '8', '--max-cap', '8', '--transport', transport]);
     processes.push(relay, agent);
     // Warm up: one of each before the baseline.
     await user(publicPort, 'reply', 'end-after-reply');
     await settled();
+    expect(agent.latestStatus()!.transport).toBe(transport);
+    expect(relay.latestStatus()![`pooled-${transport}`]).toBe('8');
     baseline = { relay: relay.fds(), agent: agent.fds() };
   });
 

@@ -179,7 +179,7 @@ interface DialRound {
 const OUTAGE_FAILURES = 3;
 
 /** Refusals that another attempt within the same round cannot change. */
-const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', 'ERR_POOL_FULL', 'ERR_TLS_CERT_PIN']);
+const FINAL_REFUSALS = new Set(['ERR_POOL_FORBIDDEN', 'ERR_POOL_UNAUTHORIZED', 'ERR_POOL_FULL', 'ERR_TLS_CERT_PIN', 'ERR_TRANSPORT_UNAVAILABLE']);
 
 /**
  * The agent's pool: keeps pre-dialled connections to the relay, adapting how
@@ -793,6 +793,8 @@ export class ClientPool extends ErrorCountingEmitter {
       tcp.destroy();
       this.tracker.transition(socket, 'closed');
       if (!signal.aborted) this.#metrics?.[secured ? 'handshake' : 'dial'](outcomeOf(error));
+      // A relay without ALPN of its own ends a handshake that offers only pool/1 with this alert.
+      if ((error as { code?: string }).code === 'ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL') throw new TransportUnavailableError('none of the offered protocols');
       throw error;
     } finally {
       signal.removeEventListener('abort', abort);

@@ -576,6 +576,8 @@ export class ServerPool extends ErrorCountingEmitter {
    */
   readonly #onRawConnection = (socket: TLSSocket): void => {
     socket.on('error', this.reportError);
+    // The HTTP server sets this on its own connections; this one never reaches it. Nagle would hold a tunnel's replies.
+    socket.setNoDelay(true);
     if (!this.#settings.admission.allowlist.allows(socket.remoteAddress)) return this.#refuseRaw(socket, 403, 'unauthorized');
     if (this.#state !== 'listening') return this.#refuseRaw(socket, 503, 'not taking connections');
     this.#upgrading.add(socket);
