@@ -205,10 +205,10 @@ describe('faults between agent and relay', () => {
     // npws during the same outage: the idle share is 0, so its interval falls to the minimum
     // (50 ms here) and every round redials the whole capacity (16 or more).
     const npwsEstimate = Math.floor(10_000 / 50) * 16;
-    // Ours: the round in flight when the relay died stops after 3 failures without a
-    // success (at most the 32 dials already in flight), then one probe per round on an
-    // interval doubling from 50 ms to 1 s: about 14 rounds in 10 s.
-    const bound = 32 + 3 + 20;
+    // Ours: the round and the demand dials in flight when the relay died stop after 3
+    // failures without a success (at most 32 dials of each already in flight), then one
+    // probe per round on an interval doubling from 50 ms to 1 s: about 14 rounds in 10 s.
+    const bound = 2 * 32 + 3 + 20;
     recordFigure('faults', 'outage 10 s: agent dial attempts while the relay was down', dialsDuringOutage);
     recordFigure('faults', 'outage 10 s: npws-style attempts for the same outage (estimate: 200 rounds x 16)', npwsEstimate);
     recordFigure('faults', `outage 10 s: pool back to 16 idle after the relay returned (max interval ${MAX_INTERVAL_MS} ms)`, refillMs, 'ms');
