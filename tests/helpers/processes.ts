@@ -72,6 +72,16 @@ export class CliProcess {
     }
   }
 
+  /**
+   * A status line printed after now: the second one to arrive from now on (the
+   * first may have been printed before now and still be on its way through the pipe).
+   */
+  async statusFromNow(timeoutMs = 5_000): Promise<Record<string, string>> {
+    await this.waitFor(/ status /, timeoutMs);
+    await this.waitFor(/ status /, timeoutMs);
+    return this.latestStatus()!;
+  }
+
   /** Heap in use after a full GC, in bytes: for a process started with {@link HEAP_PROBE}. */
   async heapUsed(): Promise<number> {
     const reply = this.waitFor(/^heap-used (\d+)$/, 5_000);
