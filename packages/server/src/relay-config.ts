@@ -1,9 +1,12 @@
 import { isIP } from 'node:net';
-import { parse } from 'yaml';
+import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES, parseFingerprint } from '@pool/shared/internal';
 import { parseAllowlist } from './allowlist.js';
 import type { UdpOptions } from './udp-service.js';
+
+/** The YAML parser, loaded with the first configuration file: a relay without one keeps its heap small. */
+const yaml = (): typeof import('yaml') => createRequire(import.meta.url)('yaml') as typeof import('yaml');
 
 /** The shortest token an agent may have: shorter ones could be guessed over the network. */
 export const MIN_TOKEN_LENGTH = 16;
@@ -96,7 +99,7 @@ function allowedKeys(value: Record<string, unknown>, allowed: readonly string[],
 export function parseRelayConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): RelayConfig {
   let document: unknown;
   try {
-    document = parse(text);
+    document = yaml().parse(text);
   } catch (error) {
     throw new ConfigError(file, '(document)', `not YAML or JSON: ${(error as Error).message.split('\n')[0]}`);
   }

@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { InvalidOptionError } from '../core/errors.js';
@@ -23,15 +25,39 @@ export async function generateDevCertificate(names: readonly string[] = LOOPBACK
   const hosts = names.filter((name) => isIP(name) === 0);
   const ips = names.filter((name) => isIP(name) !== 0);
   const altNames = [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))];
-  // Loaded when a certificate is made, not with the package: node-forge behind it costs every process megabytes.
-  const { generate } = await import('selfsigned');
-  const pems = await generate([{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }], {
-    keyType: 'ec',
-    algorithm: 'sha256',
-    extensions: altNames.length === 0 ? [] : [{ name: 'subjectAltName', altNames }],
+  const { cert, key } = await generateApart({
+    attrs: [{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }],
+    options: { keyType: 'ec', algorithm: 'sha256', extensions: altNames.length === 0 ? [] : [{ name: 'subjectAltName', altNames }] },
   });
   // selfsigned's own `fingerprint` is the SHA-1 one.
-  return { cert: pems.cert, key: pems.private, fingerprint: new X509Certificate(pems.cert).fingerprint256 };
+  return { cert, key, fingerprint: new X509Certificate(cert).fingerprint256 };
+}
+
+/**
+ * Runs selfsigned in a child process. In the process that loads it, it (and
+ * the X.509 and ASN.1 libraries behind it) stays in the heap: megabytes, which
+ * lift a relay's old generation over V8's threshold for incremental marking,
+ * and a relay over it pays a full GC every few tens of ms while it carries
+ * bulk (CPU per GB 1.4x). A worker thread's heap would go, but not the memory
+ * its allocator keeps (9 MiB of RSS); a process gives it all back.
+ */
+const GENERATE = `
+const { module, attrs, options } = JSON.parse(process.argv[1]);
+require(module).generate(attrs, options).then(
+  (pems) => process.stdout.write(JSON.stringify({ cert: pems.cert, key: pems.private })),
+  (error) => { process.stderr.write(String((error && error.message) || error)); process.exitCode = 1; },
+);`;
+
+type Generate = (typeof import('selfsigned'))['generate'];
+
+function generateApart(request: { attrs: Parameters<Generate>[0]; options: Parameters<Generate>[1] }): Promise<{ cert: string; key: string }> {
+  const module = createRequire(import.meta.url).resolve('selfsigned');
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', GENERATE, JSON.stringify({ module, ...request })], { timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`generating a certificate failed: ${stderr.trim() || error.message}`));
+      else resolve(JSON.parse(stdout) as { cert: string; key: string });
+    });
+  });
 }
 
 /**
