@@ -219,6 +219,7 @@ async function main(): Promise<void> {
       check(`beside the Node TLS pipe, ${name}: CPU s per GB (both processes)`, `${pair.cpuSecondsPerGB.toFixed(2)} s`, `Node TLS pipe ${pipe.cpuSecondsPerGB.toFixed(2)} s`, pair.cpuSecondsPerGB / pipe.cpuSecondsPerGB, '<= 1.2 x', pair.cpuSecondsPerGB <= 1.2 * pipe.cpuSecondsPerGB);
       check(`beside the Node TLS pipe, ${name}: HTTP, 50 keep-alive users, req/s`, `${pair.httpRps.toFixed(0)}`, `Node TLS pipe ${pipe.httpRps.toFixed(0)}`, pair.httpRps / pipe.httpRps, '>= 0.95 x', pair.httpRps >= 0.95 * pipe.httpRps);
       check(`beside the Node TLS pipe, ${name}: idle RSS of both processes (the pair with its default 128 pooled connections)`, mib(pair.idleRss), `Node TLS pipe ${mib(pipe.idleRss)}`, pair.idleRss / pipe.idleRss, '<= 1.2 x', pair.idleRss <= 1.2 * pipe.idleRss);
+      check(`beside the Node TLS pipe, ${name}: the same, idle again after the bulk rounds`, mib(pair.rssAfterUse), `Node TLS pipe ${mib(pipe.rssAfterUse)}`, pair.rssAfterUse / pipe.rssAfterUse, 'reported', true);
     }
   }
 

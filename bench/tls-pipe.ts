@@ -13,6 +13,8 @@ export interface DataPlaneFigures {
   httpRps: number;
   /** Both processes' resident memory, idle, after start, in bytes. */
   idleRss: number;
+  /** The same, idle again after the bulk rounds: the code a connection runs has been paged in, as in a pair that has served. */
+  rssAfterUse: number;
 }
 
 const rssOf = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
@@ -73,7 +75,7 @@ async function figures<K extends string>(starters: Record<K, Starter>, targets: 
     return started;
   };
   const figuresOf = {} as Record<K, DataPlaneFigures>;
-  for (const name of names) figuresOf[name] = { bulkMBps: 0, cpuSecondsPerGB: 0, httpRps: 0, idleRss: 0 };
+  for (const name of names) figuresOf[name] = { bulkMBps: 0, cpuSecondsPerGB: 0, httpRps: 0, idleRss: 0, rssAfterUse: 0 };
   const toSink = await startAll(targets.sink);
   try {
     for (const name of names) figuresOf[name].idleRss = toSink[name].pids.reduce((sum, pid) => sum + rssOf(pid), 0);
@@ -82,6 +84,10 @@ async function figures<K extends string>(starters: Record<K, Starter>, targets: 
         const { mbps, cpuMs } = await bulk(toSink[name].port, bytes, toSink[name].pids);
         if (mbps > figuresOf[name].bulkMBps) Object.assign(figuresOf[name], { bulkMBps: mbps, cpuSecondsPerGB: cpuMs / 1000 / (bytes / 1e9) });
       }
+    }
+    for (const name of names) {
+      await quiet(toSink[name].pids);
+      figuresOf[name].rssAfterUse = toSink[name].pids.reduce((sum, pid) => sum + rssOf(pid), 0);
     }
   } finally {
     for (const name of names) toSink[name].kill();

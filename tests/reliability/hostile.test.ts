@@ -8,7 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import fc from 'fast-check';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ServerPool, generateId, receiveId } from '@pool/server';
-import { tokensEqual } from '../../packages/server/src/token.js';
+import { tokensEqual } from '../../packages/server/src/pool/token.js';
 import { recordFigure } from '../helpers/figures.js';
 import { CliProcess, startAgent, startRelay } from '../helpers/processes.js';
 import { TargetServers, echoServer, echoThrough, sha256 } from '../helpers/tunnel.js';

@@ -1,7 +1,7 @@
 import type { Registry } from 'prom-client';
 import type { MetricsOptions } from '@pool/shared';
 import { publishStats, scrapedCounter, scrapedGauge } from '@pool/shared/internal';
-import type { AgentStats } from './agent.js';
+import type { AgentStats } from './agent-stats.js';
 
 function register(registry: Registry, sources: ReadonlyMap<string, () => AgentStats>): void {
   scrapedGauge(registry, 'pool_agent_udp_flows_open', 'UDP flows the agent carries now.', ['pool'], (gauge) => {

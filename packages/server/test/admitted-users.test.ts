@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { AdmittedUsers, type Admission } from '../src/admitted-users.js';
+import { AdmittedUsers, type Admission } from '../src/relay/admitted-users.js';
 
 /** Admits a user from `source`, recording its displacement in `displaced`; the admission, or the refusal. */
 function admit(users: AdmittedUsers, source: string, displaced: string[] = []): Admission | string {

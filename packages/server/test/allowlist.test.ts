@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { normalizeAddress, parseAllowlist } from '../src/allowlist.js';
-import { tokensEqual } from '../src/token.js';
+import { normalizeAddress, parseAllowlist } from '../src/pool/allowlist.js';
+import { tokensEqual } from '../src/pool/token.js';
 
 describe('parseAllowlist', () => {
   it.each([

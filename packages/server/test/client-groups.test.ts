@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
-import { ClientGroups } from '../src/client-groups.js';
-import { parseTokens, matchToken } from '../src/token.js';
+import { ClientGroups } from '../src/pool/client-groups.js';
+import { parseTokens, matchToken } from '../src/pool/token.js';
 
 function recorder(): { events: string[]; groups: ClientGroups } {
   const events: string[] = [];

@@ -4,7 +4,8 @@ import { once } from 'node:events';
 import { FlowWriter, readDatagrams, type PoolConn, type ReadFrame } from '@pool/shared/internal';
 import { boundUdpSocket } from '../../../tests/helpers/udp.js';
 import { connPair, type ConnPair } from '../../../tests/helpers/ws-pair.js';
-import { REPLY_ALLOWANCE_BYTES, UdpService, type FlowOpener, type UdpOptions } from '../src/udp-service.js';
+import { REPLY_ALLOWANCE_BYTES, UdpService, type FlowOpener } from '../src/relay/udp-service.js';
+import type { UdpOptions } from '../src/relay/relay-config.js';
 
 // A UdpService whose carriers are real pooled connections (PoolConn pairs over
 // a real WebSocket), the agent's end of each played by the test.

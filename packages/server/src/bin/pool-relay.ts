@@ -3,10 +3,9 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { CliOperations, MS_RANGE, readPemFile, OPERATION_FLAGS, PORT_RANGE, numberFlag, parseCommandLine, runUntilSignal, wasGiven } from '@pool/shared/cli';
 import { LOOPBACK_NAMES, generateDevCertificate, keptCertificate, parseFingerprint } from '@pool/shared/internal';
-import type { ServiceStats } from '../public-service.js';
-import { Relay } from '../relay.js';
-import { MIN_TOKEN_LENGTH, parseRelayConfig, type RelayConfig } from '../relay-config.js';
-import type { UdpStats } from '../udp-service.js';
+import { Relay } from '../relay/relay.js';
+import { MIN_TOKEN_LENGTH, parseRelayConfig, type RelayConfig } from '../relay/relay-config.js';
+import type { ServiceStats, UdpStats } from '../relay/stats.js';
 
 const COMMAND = 'pool-relay';
 

@@ -1,27 +1,8 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { listen } from '@pool/shared/internal';
 import type { ServiceConfig } from './relay-config.js';
-import type { UdpStats } from './udp-service.js';
+import type { ServiceStats } from './stats.js';
 import { AdmittedUsers, type AdmissionLimits, type AdmissionRefusal } from './admitted-users.js';
-
-/** Counters of one service since the relay started. */
-export interface ServiceStats {
-  /** The agent that serves it. */
-  agent: string;
-  accepted: number;
-  finished: number;
-  failed: number;
-  open: number;
-  /** A UDP service's datagrams; its users are flows (`accepted`: flows opened, `open`: flows open now). */
-  udp?: UdpStats;
-  /**
-   * A TCP service's users turned away at once: too many were waiting, in all
-   * (`serviceFull`) or from their address (`sourceFull`), or their address had
-   * `maxTunnelsPerSource` open (`sourceTunnels`); or closed while waiting,
-   * their place taken by a user from an address with fewer waiting (`displaced`).
-   */
-  refused?: Record<AdmissionRefusal, number>;
-}
 
 /** One service's public port: users connect here and are tunnelled to the agent that serves it. */
 export class PublicService {

@@ -2,8 +2,8 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { TLSSocket } from 'node:tls';
 import { SESSION_HEADER, parseFingerprint } from '@pool/shared/internal';
 import { InvalidOptionError } from '@pool/shared';
-import type { PoolRequest } from './admission.js';
-import { parseAllowlist, type Allowlist } from './allowlist.js';
+import type { PoolRequest } from '../pool/admission.js';
+import { parseAllowlist, type Allowlist } from '../pool/allowlist.js';
 import type { ControlSession } from './control-session.js';
 
 /** One agent the relay knows: its session (issued on its control channel) and the services it serves. */

@@ -2,11 +2,39 @@ import { isIP } from 'node:net';
 import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { PoolError, NAME_PATTERN, MAX_DATAGRAM_BYTES, parseFingerprint } from '@pool/shared/internal';
-import { parseAllowlist } from './allowlist.js';
-import type { UdpOptions } from './udp-service.js';
+import { parseAllowlist } from '../pool/allowlist.js';
 
 /** The YAML parser, loaded with the first configuration file: a relay without one keeps its heap small. */
 const yaml = (): typeof import('yaml') => createRequire(import.meta.url)('yaml') as typeof import('yaml');
+
+/** How a UDP service treats its flows (a flow: the datagrams of one user address and port). */
+export interface UdpOptions {
+  /** A flow with no datagram either way for this long is closed on both ends, in ms. Default: 60000. */
+  idleTimeout?: number;
+  /**
+   * Most flows open at once. A datagram that would open one more closes the
+   * least recently active flow to make room (counted in `flowsEvicted`), so a
+   * spray of sources cannot lock new users out. Default: 1024.
+   */
+  maxFlows?: number;
+  /**
+   * Most flows of one source address (any port); its next one replaces its
+   * own least recently active flow. Each flow is a socket on the agent's
+   * host, so this also bounds what one address costs there. Default: a
+   * sixteenth of `maxFlows`.
+   */
+  maxFlowsPerSource?: number;
+  /**
+   * Reflection budget: a flow sends its user at most this many times the
+   * bytes it received from that address, plus 4 KiB, so a datagram with a
+   * forged source cannot turn the service into an amplifier (the excess is
+   * dropped, `replyBudget`). 0 switches the budget off (a service that
+   * streams far more than it hears, such as a game state feed). Default: 10.
+   */
+  replyRatio?: number;
+  /** The largest datagram carried, either way, in bytes; a larger one is dropped (and counted), never split. Default: 65507. */
+  maxDatagram?: number;
+}
 
 /** The shortest token an agent may have: shorter ones could be guessed over the network. */
 export const MIN_TOKEN_LENGTH = 16;

@@ -28,18 +28,19 @@ import {
   listen,
   parseControlFeatures,
 } from '@pool/shared/internal';
-import { selectAlpn } from './alpn.js';
-import { HeadersDeadline, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade } from './admission.js';
+import { selectAlpn } from '../pool/alpn.js';
+import { HeadersDeadline, answerPlainRequest, httpTimeouts, pathOf, refuseUpgrade } from '../pool/admission.js';
 import { AgentSessions, type AgentIdentity, type AgentState } from './agent-sessions.js';
 import { ControlSession } from './control-session.js';
-import { PublicService, type ServiceStats } from './public-service.js';
-import { UdpService, type UdpOptions } from './udp-service.js';
+import { PublicService } from './public-service.js';
+import type { RelayStats } from './stats.js';
+import { UdpService } from './udp-service.js';
 import { QueuedUser } from './queued-user.js';
-import { normalizeAddress } from './allowlist.js';
+import { normalizeAddress } from '../pool/allowlist.js';
 import type { AdmissionLimits } from './admitted-users.js';
 import { publishRelayMetrics } from './relay-metrics.js';
-import type { AgentConfig, ServiceConfig } from './relay-config.js';
-import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from './server-pool.js';
+import type { AgentConfig, ServiceConfig, UdpOptions } from './relay-config.js';
+import { DEFAULT_BACKLOG, ServerPool, type IncomingConnection, type ServerPoolOptions, type ServerPoolSettings } from '../pool/server-pool.js';
 
 const AGENT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** Default of {@link RelayOptions.maxWaiting}. */
@@ -127,49 +128,6 @@ export interface RelayOptions
  * connections; the agents' port and TLS itself take a restart).
  */
 export type RelayReload = Pick<RelayOptions, 'agents' | 'services'> & { tls?: { cert: string | Buffer; key: string | Buffer } };
-
-/** Counters since start; cheap to read. */
-export interface RelayStats {
-  /** User connections accepted on the public ports. */
-  accepted: number;
-  /** Tunnels that ended, cleanly or not. */
-  finished: number;
-  /** Tunnels open right now. */
-  open: number;
-  /** User connections closed because no pooled connection came within `getTimeout`. */
-  noConnection: number;
-  /** User connections closed because the service's agent was not on its control channel (and did not come back within `getTimeout`). */
-  noAgent: number;
-  /** Users who left while waiting for a pooled connection. */
-  departed: number;
-  /** Orders the agent did not claim in time (or whose connection closed first), retried with another connection. */
-  claimRetries: number;
-  /**
-   * Users reset because their order was neither claimed nor cancelled (the
-   * control channel went silent or closed) after their first bytes had gone
-   * to the agent: they may have reached the target, so no other connection
-   * may carry them again.
-   */
-  lostOrders: number;
-  /** Control channels taken over by a new one of the same agent because the old one no longer answered (a restart). */
-  controlReplaced: number;
-  /** Control upgrades refused (a wrong token or key, not an agent, too old, the agent already connected and alive). */
-  controlRefused: number;
-  /** Of those, refused because the agent was connected and answered (another process with its credentials). */
-  controlConflicts: number;
-  /** Users waiting for a pooled connection right now. */
-  waiting: number;
-  /** Tunnels that ended in an error (reset, target unreachable, …). */
-  failed: number;
-  /** Idle pooled connections. */
-  idle: number;
-  /** Whether an agent holds a control channel. */
-  agentConnected: boolean;
-  /** Per agent: whether it is connected, its idle connections, users waiting for it. */
-  agents: Record<string, { connected: boolean; idle: number; waiting: number; services: string[] }>;
-  /** Per service: its users. */
-  services: Record<string, ServiceStats>;
-}
 
 /** Why a user got no tunnel, as counted in the stats. */
 type NoTunnel = 'noAgent' | 'noConnection' | 'departed' | 'lostOrders';

@@ -1,57 +1,12 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { FlowWriter, MAX_FLOW_NUMBER, readDatagrams, type Endpoint, type PooledConn, type ReadFrame } from '@pool/shared/internal';
-import type { ServiceStats } from './public-service.js';
-import type { ServiceConfig } from './relay-config.js';
-
-/** How a UDP service treats its flows (a flow: the datagrams of one user address and port). */
-export interface UdpOptions {
-  /** A flow with no datagram either way for this long is closed on both ends, in ms. Default: 60000. */
-  idleTimeout?: number;
-  /**
-   * Most flows open at once. A datagram that would open one more closes the
-   * least recently active flow to make room (counted in `flowsEvicted`), so a
-   * spray of sources cannot lock new users out. Default: 1024.
-   */
-  maxFlows?: number;
-  /**
-   * Most flows of one source address (any port); its next one replaces its
-   * own least recently active flow. Each flow is a socket on the agent's
-   * host, so this also bounds what one address costs there. Default: a
-   * sixteenth of `maxFlows`.
-   */
-  maxFlowsPerSource?: number;
-  /**
-   * Reflection budget: a flow sends its user at most this many times the
-   * bytes it received from that address, plus 4 KiB, so a datagram with a
-   * forged source cannot turn the service into an amplifier (the excess is
-   * dropped, `replyBudget`). 0 switches the budget off (a service that
-   * streams far more than it hears, such as a game state feed). Default: 10.
-   */
-  replyRatio?: number;
-  /** The largest datagram carried, either way, in bytes; a larger one is dropped (and counted), never split. Default: 65507. */
-  maxDatagram?: number;
-}
+import type { ServiceStats, UdpDropReason, UdpStats } from './stats.js';
+import type { ServiceConfig, UdpOptions } from './relay-config.js';
 
 const UDP_DEFAULTS = { idleTimeout: 60_000, maxFlows: 1_024, maxDatagram: 65_507, replyRatio: 10 } as const;
 /** What a flow may send its user before it has heard anything back beyond its first datagram: one reply or a few. */
 export const REPLY_ALLOWANCE_BYTES = 4 * 1024;
-
-/** Why a datagram was not delivered. */
-export type UdpDropReason = 'oversized' | 'queueFull' | 'backpressure' | 'noConnection' | 'sendFailed' | 'replyBudget';
-
-/** A UDP service's datagrams since the relay started. */
-export interface UdpStats {
-  /** Datagrams and bytes from users (into the tunnel) and to users (out of it). */
-  datagrams: { fromUsers: number; toUsers: number };
-  bytes: { fromUsers: number; toUsers: number };
-  /** Datagrams dropped, by reason. */
-  dropped: Record<UdpDropReason, number>;
-  /** Flows closed to make room for a new one: the table was full, or their address held its share. */
-  flowsEvicted: number;
-  /** Pooled connections carrying this service's flows now (a few, however many flows). */
-  carriers: number;
-}
 
 /** Gets a pooled connection the agent has claimed as a carrier of the service's flows, or undefined (counted by the caller's stats). */
 export type FlowOpener = (service: UdpService, maxDatagram: number, signal: AbortSignal) => Promise<PooledConn | undefined>;

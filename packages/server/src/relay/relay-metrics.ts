@@ -1,8 +1,7 @@
 import type { Registry } from 'prom-client';
 import type { MetricsOptions } from '@pool/shared';
 import { publishStats, scrapedCounter, scrapedGauge } from '@pool/shared/internal';
-import type { ServiceStats } from './public-service.js';
-import type { RelayStats } from './relay.js';
+import type { RelayStats, ServiceStats } from './stats.js';
 
 /** Registers the relay's series in `registry` once; each reads every relay registered there at scrape time. */
 function register(registry: Registry, sources: ReadonlyMap<string, () => RelayStats>): void {
