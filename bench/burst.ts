@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { ROOT, percentile, plainForwarders, sleep, spawnUntil } from './lib.js';
+import { ROOT, nodeTlsPipe, percentile, plainForwarders, sleep, spawnUntil } from './lib.js';
 
 /** One burst: N users at the same instant, each timed from connect() to the first byte back. */
 export interface BurstOutcome {
@@ -32,6 +32,11 @@ export interface BurstRow {
    * WebSocket, no pool), each followed by its own direct burst: the floor under any relay and agent written in Node.
    */
   floors: BurstFloor[];
+  /**
+   * The same burst through the Node TLS pipe (two processes that only pipe, a fresh TLS 1.3 connection between
+   * them per user), cold in new processes and warm 10 s later, with the relay and the agent gone.
+   */
+  tlsPipe: BurstOutcome | undefined;
 }
 
 export interface BurstFloor {
@@ -164,16 +169,25 @@ export async function bursts(sizes: number[], warmAfterMs = 10_000, flags: { rel
       try {
         const cold = await tunnelBurst();
         const coldDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'cold', ...cold, direct: coldDirect, floors: coldFloors });
+        rows.push({ users, phase: 'cold', ...cold, direct: coldDirect, floors: coldFloors, tlsPipe: undefined });
         await sleep(warmAfterMs);
         const warm = await tunnelBurst();
         const warmDirect = await burstAt(targetPort, users);
-        rows.push({ users, phase: 'warm', ...warm, direct: warmDirect, floors: [] });
+        rows.push({ users, phase: 'warm', ...warm, direct: warmDirect, floors: [], tlsPipe: undefined });
       } finally {
         agent.child.kill('SIGKILL');
         relay.child.kill('SIGKILL');
       }
       coldFloors.push(...(await floorBursts(targetPort, users)));
+      const [coldRow, warmRow] = rows.slice(-2);
+      const pipe = await nodeTlsPipe(targetPort);
+      try {
+        coldRow!.tlsPipe = await burstAt(pipe.port, users);
+        await sleep(warmAfterMs);
+        warmRow!.tlsPipe = await burstAt(pipe.port, users);
+      } finally {
+        pipe.kill();
+      }
     }
   } finally {
     target.child.kill('SIGKILL');
