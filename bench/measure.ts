@@ -214,6 +214,8 @@ export async function getLatency(gets: number): Promise<{ incomingP50: number; i
 
 export interface MemoryRow {
   count: number;
+  /** The pool's transport; the baseline is a bare TLS server and clients for `tls`, raw ws over TLS for `websocket`. */
+  transport: 'tls' | 'websocket';
   relayRssPerConn: number;
   relayHeapPerConn: number;
   agentRssPerConn: number;
@@ -227,11 +229,14 @@ export interface MemoryRow {
 type Mem = { type: 'mem'; rss: number; heap: number; baseline: { rss: number; heap: number }; active: number };
 const perConn = (mem: Mem, count: number): [number, number] => [(mem.rss - mem.baseline.rss) / count, (mem.heap - mem.baseline.heap) / count];
 
-/** 4. RSS and heap per idle pooled connection, both processes, against raw ws in the same run (bytes). */
-export async function memoryPerConnection(count: number): Promise<MemoryRow> {
+/**
+ * 4. RSS and heap per idle pooled connection, both processes, on `transport`, against the same connections
+ * without a pool in the same run (bytes): bare TLS for the raw transport, raw ws for WebSocket.
+ */
+export async function memoryPerConnection(count: number, transport: 'tls' | 'websocket'): Promise<MemoryRow> {
   const relay = new RoleProcess('relay', { maxCap: count + 10, keepAlive: 30_000 });
   const { port } = await relay.next<{ type: 'ready'; port: number }>('ready');
-  const agent = new RoleProcess('agent', { port, count, reuse: true, keepAlive: 30_000 });
+  const agent = new RoleProcess('agent', { port, count, reuse: true, keepAlive: 30_000, transport });
   await agent.next('full');
   await sleep(500);
   const [relayRss, relayHeap] = perConn(await relay.ask<Mem>({ type: 'mem' }), count);
@@ -239,9 +244,10 @@ export async function memoryPerConnection(count: number): Promise<MemoryRow> {
   agent.kill();
   relay.kill();
 
-  const rawServer = new RoleProcess('raw-server');
+  const bare = transport === 'tls';
+  const rawServer = new RoleProcess('raw-server', { bare });
   const { port: rawPort } = await rawServer.next<{ type: 'ready'; port: number }>('ready');
-  const rawClients = new RoleProcess('raw-clients', { port: rawPort, count, concurrency: 32 });
+  const rawClients = new RoleProcess('raw-clients', { port: rawPort, count, concurrency: 32, bare });
   await rawClients.next('full');
   await sleep(500);
   const [serverRss, serverHeap] = perConn(await rawServer.ask<Mem>({ type: 'mem' }), count);
@@ -250,6 +256,7 @@ export async function memoryPerConnection(count: number): Promise<MemoryRow> {
   rawServer.kill();
   return {
     count,
+    transport,
     relayRssPerConn: relayRss,
     relayHeapPerConn: relayHeap,
     agentRssPerConn: agentRss,

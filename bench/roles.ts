@@ -206,7 +206,7 @@ async function relay({ maxCap, keepAlive }: { maxCap: number; keepAlive: number 
 }
 
 /** The agent: a ClientPool held at exactly `count` connections; reports when full. */
-async function agent({ port, count, reuse, keepAlive }: { port: number; count: number; reuse: boolean; keepAlive: number }): Promise<void> {
+async function agent({ port, count, reuse, keepAlive, transport = 'auto' }: { port: number; count: number; reuse: boolean; keepAlive: number; transport?: 'auto' | 'tls' | 'websocket' }): Promise<void> {
   const baseline = memory();
   const pool = new ClientPool({
     server: `127.0.0.1:${port}`,
@@ -218,6 +218,7 @@ async function agent({ port, count, reuse, keepAlive }: { port: number; count: n
     keepAlive,
     tlsSessionReuse: reuse,
     handshakeTimeout: 30_000,
+    transport,
   });
   pool.on('error', () => {});
   const started = performance.now();

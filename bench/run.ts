@@ -78,13 +78,25 @@ async function main(): Promise<void> {
   if (wanted('memory')) {
     const rows: MemoryRow[] = [];
     for (const count of sizes.memory) {
-      console.log(`4. memory at ${count} idle connections`);
-      const row = await memoryPerConnection(count);
-      rows.push(row);
-      check(`relay RSS per idle connection at ${count}`, kib(row.relayRssPerConn), `raw ws server ${kib(row.rawServerRssPerConn)}`, row.relayRssPerConn / row.rawServerRssPerConn, '<= 1.1 x raw ws', row.relayRssPerConn <= 1.1 * row.rawServerRssPerConn);
-      check(`agent RSS per idle connection at ${count}`, kib(row.agentRssPerConn), `raw ws client ${kib(row.rawClientRssPerConn)}`, row.agentRssPerConn / row.rawClientRssPerConn, '<= 1.1 x raw ws', row.agentRssPerConn <= 1.1 * row.rawClientRssPerConn);
-      check(`relay heap per idle connection at ${count}`, kib(row.relayHeapPerConn), `raw ws server ${kib(row.rawServerHeapPerConn)}`, row.relayHeapPerConn / row.rawServerHeapPerConn, '<= 1.1 x raw ws', row.relayHeapPerConn <= 1.1 * row.rawServerHeapPerConn);
-      check(`agent heap per idle connection at ${count}`, kib(row.agentHeapPerConn), `raw ws client ${kib(row.rawClientHeapPerConn)}`, row.agentHeapPerConn / row.rawClientHeapPerConn, '<= 1.1 x raw ws', row.agentHeapPerConn <= 1.1 * row.rawClientHeapPerConn);
+      for (const transport of ['tls', 'websocket'] as const) {
+        console.log(`4. memory at ${count} idle connections, ${transport}`);
+        const row = await memoryPerConnection(count, transport);
+        rows.push(row);
+        if (transport === 'tls') {
+          // The data-plane issue's target is absolute (32 KiB a side at 1,000); bare TLS is the floor under it.
+          for (const [side, ours, floor] of [['relay', row.relayRssPerConn, row.rawServerRssPerConn], ['agent', row.agentRssPerConn, row.rawClientRssPerConn]] as const) {
+            check(`${side} RSS per idle connection at ${count}, raw TLS`, kib(ours), `bare TLS ${side === 'relay' ? 'server' : 'client'} ${kib(floor)}`, ours / floor, '<= 32 KiB', ours <= 32 * 1024);
+          }
+          for (const [side, ours, floor] of [['relay', row.relayHeapPerConn, row.rawServerHeapPerConn], ['agent', row.agentHeapPerConn, row.rawClientHeapPerConn]] as const) {
+            check(`${side} heap per idle connection at ${count}, raw TLS`, kib(ours), `bare TLS ${side === 'relay' ? 'server' : 'client'} ${kib(floor)}`, ours / floor, 'reported', true);
+          }
+          continue;
+        }
+        check(`relay RSS per idle connection at ${count}, WebSocket`, kib(row.relayRssPerConn), `raw ws server ${kib(row.rawServerRssPerConn)}`, row.relayRssPerConn / row.rawServerRssPerConn, '<= 1.1 x raw ws', row.relayRssPerConn <= 1.1 * row.rawServerRssPerConn);
+        check(`agent RSS per idle connection at ${count}, WebSocket`, kib(row.agentRssPerConn), `raw ws client ${kib(row.rawClientRssPerConn)}`, row.agentRssPerConn / row.rawClientRssPerConn, '<= 1.1 x raw ws', row.agentRssPerConn <= 1.1 * row.rawClientRssPerConn);
+        check(`relay heap per idle connection at ${count}, WebSocket`, kib(row.relayHeapPerConn), `raw ws server ${kib(row.rawServerHeapPerConn)}`, row.relayHeapPerConn / row.rawServerHeapPerConn, '<= 1.1 x raw ws', row.relayHeapPerConn <= 1.1 * row.rawServerHeapPerConn);
+        check(`agent heap per idle connection at ${count}, WebSocket`, kib(row.agentHeapPerConn), `raw ws client ${kib(row.rawClientHeapPerConn)}`, row.agentHeapPerConn / row.rawClientHeapPerConn, '<= 1.1 x raw ws', row.agentHeapPerConn <= 1.1 * row.rawClientHeapPerConn);
+      }
     }
     results.memory = rows;
   }
