@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { Pool } from 'undici';
 import { cpuMsOf } from './burst.js';
 import { ROOT, nodeTlsPipe, sendToSink, sleep, spawnUntil } from './lib.js';
@@ -16,6 +17,9 @@ export interface DataPlaneFigures {
   /** The same, idle again after the bulk rounds: the code a connection runs has been paged in, as in a pair that has served. */
   rssAfterUse: number;
 }
+
+/** The agent's `--min-cap` default: the pooled connections an idle pair holds. */
+const DEFAULT_POOL_SIZE = 128;
 
 const rssOf = (pid: number): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
 const cpuOf = (pids: number[]): number => pids.reduce((sum, pid) => sum + (cpuMsOf(pid) ?? 0), 0);
@@ -105,6 +109,30 @@ async function figures<K extends string>(starters: Record<K, Starter>, targets: 
   return figuresOf;
 }
 
+/**
+ * Both processes' RSS of a Node TLS pipe holding `count` idle tunnels (a user
+ * connected, a TLS connection between the processes, the target connected),
+ * once quiet: as many TLS connections, handshakes done, as the pair's pool
+ * holds when idle.
+ */
+async function pipeHolding(target: number, count: number): Promise<number> {
+  const pipe = await nodeTlsPipe(target);
+  const users: Socket[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const user = connect(pipe.port, '127.0.0.1');
+      user.on('error', () => {});
+      users.push(user);
+    }
+    await Promise.all(users.map((user) => new Promise((resolve) => user.once('connect', resolve))));
+    await quiet(pipe.pids);
+    return pipe.pids.reduce((sum, pid) => sum + rssOf(pid), 0);
+  } finally {
+    for (const user of users) user.destroy();
+    pipe.kill();
+  }
+}
+
 /** The pair with the CLIs' defaults (TLS between them, self-signed) but the agent's `--transport`, in front of `target`. */
 async function pair(transport: 'tls' | 'wss', target: number): Promise<{ port: number; pids: number[]; kill: () => void }> {
   const relay = await spawnUntil(
@@ -131,7 +159,7 @@ async function pair(transport: 'tls' | 'wss', target: number): Promise<{ port: n
  * each in front of the same targets: one tunnel's bulk throughput and the CPU
  * both processes spend per GB, 50 keep-alive HTTP users, idle memory.
  */
-export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: number): Promise<{ tls: DataPlaneFigures; wss: DataPlaneFigures; pipe: DataPlaneFigures }> {
+export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: number): Promise<{ tls: DataPlaneFigures; wss: DataPlaneFigures; pipe: DataPlaneFigures; pipeHoldingRss: number }> {
   const targets = await spawnUntil(
     [
       '-e',
@@ -144,7 +172,8 @@ export async function besideTlsPipe(bytes: number, rounds: number, httpSeconds: 
   );
   const ports = { sink: Number(targets.match[1]), web: Number(targets.match[2]) };
   try {
-    return await figures({ tls: (target) => pair('tls', target), wss: (target) => pair('wss', target), pipe: (target) => nodeTlsPipe(target) }, ports, bytes, rounds, httpSeconds);
+    const systems = await figures({ tls: (target) => pair('tls', target), wss: (target) => pair('wss', target), pipe: (target) => nodeTlsPipe(target) }, ports, bytes, rounds, httpSeconds);
+    return { ...systems, pipeHoldingRss: await pipeHolding(ports.sink, DEFAULT_POOL_SIZE) };
   } finally {
     targets.child.kill('SIGKILL');
   }
