@@ -152,7 +152,6 @@ async function main(): Promise<void> {
     };
     for (const { users, phase, tunnel, direct, cpuMs, floors, tlsPipe } of burstRows) {
       const ratio = tunnel.p99 / direct.p99;
-      const bound = users === 1_000 && phase === 'cold' ? 2 : users === 200 && phase === 'warm' ? 5 : undefined;
       // What the relay and agent spent while the users waited: on 2 cores, the p99 cannot fall below about half their sum.
       const cpu = cpuMs ? `; CPU relay ${ms(cpuMs.relay)}, agent ${ms(cpuMs.agent)}` : '';
       check(
@@ -160,8 +159,10 @@ async function main(): Promise<void> {
         `${times(tunnel)}${cpu}`,
         `direct ${times(direct)}`,
         ratio,
-        bound === undefined ? 'reported' : `0 failed, p99 <= ${bound} x direct`,
-        bound === undefined || (tunnel.failed === 0 && ratio <= bound),
+        // The targets against direct (issue 12) were out of reach of two Node processes that only pipe; the
+        // data-plane issue replaced them with the Node TLS pipe's, checked in the next row.
+        'reported',
+        true,
       );
       if (tlsPipe) {
         // The issue's targets: a cold burst of 1,000 none dropped and p99 <= 1.3 x the pipe's; a warm burst of 200 p99 <= the pipe's.
