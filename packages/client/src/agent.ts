@@ -65,7 +65,6 @@ export interface AgentOptions extends ClientPoolOptions {
   targetTimeout?: number;
 }
 
-
 /** Splits `host:port` / `[v6]:port`; throws `InvalidOptionError` otherwise. */
 export function parseHostPort(name: string, value: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(value);

@@ -54,8 +54,12 @@ function generateApart(request: { attrs: Parameters<Generate>[0]; options: Param
   const module = createRequire(import.meta.url).resolve('selfsigned');
   return new Promise((resolve, reject) => {
     execFile(process.execPath, ['-e', GENERATE, JSON.stringify({ module, ...request })], { timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error) reject(new Error(`generating a certificate failed: ${stderr.trim() || error.message}`));
-      else resolve(JSON.parse(stdout) as { cert: string; key: string });
+      if (error) return reject(new Error(`generating a certificate failed: ${stderr.trim() || error.message}`));
+      try {
+        resolve(JSON.parse(stdout) as { cert: string; key: string });
+      } catch {
+        reject(new Error(`generating a certificate failed: its process wrote ${JSON.stringify(stdout.slice(0, 80))}`));
+      }
     });
   });
 }
