@@ -25,9 +25,15 @@ export async function generateDevCertificate(names: readonly string[] = LOOPBACK
   const hosts = names.filter((name) => isIP(name) === 0);
   const ips = names.filter((name) => isIP(name) !== 0);
   const altNames = [...hosts.map((value) => ({ type: 2 as const, value })), ...ips.map((ip) => ({ type: 7 as const, ip }))];
-  const { cert, key } = await generateApart({
+  const request: GenerateRequest = {
     attrs: [{ name: 'commonName', value: hosts[0] ?? ips[0] ?? 'localhost' }],
     options: { keyType: 'ec', algorithm: 'sha256', extensions: altNames.length === 0 ? [] : [{ name: 'subjectAltName', altNames }] },
+  };
+  const { cert, key } = await generateApart(request).catch(async () => {
+    // Where Node cannot be started again (a single-executable build, a sandbox without
+    // child processes), the certificate is made here, and the heap keeps the libraries.
+    const pems = await (await import('selfsigned')).generate(request.attrs, request.options);
+    return { cert: pems.cert, key: pems.private };
   });
   // selfsigned's own `fingerprint` is the SHA-1 one.
   return { cert, key, fingerprint: new X509Certificate(cert).fingerprint256 };
@@ -49,8 +55,9 @@ require(module).generate(attrs, options).then(
 );`;
 
 type Generate = (typeof import('selfsigned'))['generate'];
+type GenerateRequest = { attrs: Parameters<Generate>[0]; options: Parameters<Generate>[1] };
 
-function generateApart(request: { attrs: Parameters<Generate>[0]; options: Parameters<Generate>[1] }): Promise<{ cert: string; key: string }> {
+function generateApart(request: GenerateRequest): Promise<{ cert: string; key: string }> {
   const module = createRequire(import.meta.url).resolve('selfsigned');
   return new Promise((resolve, reject) => {
     execFile(process.execPath, ['-e', GENERATE, JSON.stringify({ module, ...request })], { timeout: 30_000 }, (error, stdout, stderr) => {
