@@ -56,7 +56,7 @@ async function main(): Promise<number> {
   });
   agent.start();
   await new Promise<void>((resolve) => agent.once('control', () => resolve()));
-  console.log(`relay: agents on wss://127.0.0.1:${port}, users on tcp 127.0.0.1:${publicPort}`);
+  console.log(`relay: agents on TLS 127.0.0.1:${port} (raw TLS or WebSocket, by ALPN), users on tcp 127.0.0.1:${publicPort}`);
   console.log(`agent: target http://127.0.0.1:${servicePort}, pool ${agent.pool.Capacity()}..64 connections`);
 
   const samples: Array<{ t: number; capacity: number; interval: number; idle: number }> = [];
@@ -110,6 +110,7 @@ async function main(): Promise<number> {
   console.log(`  latency       p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms`);
   console.log(`  bytes         ${bytes} response-body bytes through the tunnel`);
   console.log(`  tunnels       ${relayStats.accepted} opened by users, ${relayStats.failed} failed, ${relayStats.noConnection} without a pooled connection`);
+  console.log(`  transport     ${agent.stats().transport === 'tls' ? 'raw TLS (ALPN pool/1)' : agent.stats().transport} pooled connections`);
   console.log(`  pool capacity ${capacities[0] ?? '-'} -> ${agent.pool.Capacity()} (range ${Math.min(...capacities)}..${Math.max(...capacities)})`);
   const [shortest, longest] = [Math.min(...intervals), Math.max(...intervals)];
   // Busy the whole run, the fill interval stays at its floor: it lengthens only while the pool sits full and idle.
