@@ -134,7 +134,7 @@ async function pipeHolding(target: number, count: number): Promise<number> {
 }
 
 /** The pair with the CLIs' defaults (TLS between them, self-signed) but the agent's `--transport`, in front of `target`. */
-async function pair(transport: 'tls' | 'wss', target: number): Promise<{ port: number; pids: number[]; kill: () => void }> {
+async function pair(transport: 'tls' | 'wss', target: number): Promise<Started> {
   const relay = await spawnUntil(
     [`${ROOT}packages/server/dist/bin/pool-relay.js`, '--host', '127.0.0.1', '--public-host', '127.0.0.1', '--port', '0', '--public-port', '0', '--token', 'bench-pipe-token-0123456789', '--status-interval', '0', '--log-level', 'error'],
     / ready port=(\d+) public-port=(\d+)/,
